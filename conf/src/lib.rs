@@ -1,0 +1,264 @@
+//! Sluice's configuration: the typed model ([`model`]), loading a YAML file into it with
+//! `${VAR}` substitution, and validation whose messages name the file, the line and the fix.
+//!
+//! The rest of the program never sees YAML: it receives a validated [`Config`] snapshot, which
+//! can be swapped as a whole on reload.
+
+mod env;
+pub mod model;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use model::*;
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, when the problem can be placed.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Read, substitute and validate the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        message: format!("cannot read the configuration file: {e}"),
+    })?;
+    parse(path, &text, &|name| std::env::var(name).ok())
+}
+
+/// Parse configuration `text` (named `file` in errors), looking variables up with `lookup`.
+pub fn parse(
+    file: &Path,
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let error = |line: Option<usize>, message: String| ConfigError {
+        file: file.to_path_buf(),
+        line,
+        message,
+    };
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text)
+        .map_err(|e| error(e.location().map(|l| l.line()), yaml_message(&e)))?;
+    env::substitute(&mut value, lookup).map_err(|missing| {
+        let needle = format!("${{{}}}", missing.name);
+        error(
+            line_of(text, &needle),
+            format!(
+                "environment variable `{}` is not set; export it or remove `{needle}`",
+                missing.name
+            ),
+        )
+    })?;
+    // Deserialize from the text for serde_yaml's line numbers on type errors, then again from
+    // the substituted value for the real content.
+    if let Err(e) = serde_yaml::from_str::<Config>(text) {
+        if e.location().is_some() && !text.contains("${") {
+            return Err(error(e.location().map(|l| l.line()), yaml_message(&e)));
+        }
+    }
+    let config: Config = serde_yaml::from_value(value).map_err(|e| {
+        let line = e
+            .location()
+            .map(|l| l.line())
+            .or_else(|| guess_line(text, &e));
+        error(line, yaml_message(&e))
+    })?;
+    validate(&config, text).map_err(|(line, message)| error(line, message))?;
+    Ok(config)
+}
+
+fn yaml_message(e: &serde_yaml::Error) -> String {
+    // serde_yaml appends " at line L column C"; the line is reported separately.
+    let msg = e.to_string();
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    }
+}
+
+/// Place an error without a location by the first backquoted word it names.
+fn guess_line(text: &str, e: &serde_yaml::Error) -> Option<usize> {
+    let msg = e.to_string();
+    let start = msg.find('`')? + 1;
+    let len = msg[start..].find('`')?;
+    line_of(text, &msg[start..start + len])
+}
+
+/// The 1-based line of the first occurrence of `needle` in `text`.
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+/// Checks that serde cannot express. Returns the line (if known) and a message with the fix.
+fn validate(config: &Config, text: &str) -> Result<(), (Option<usize>, String)> {
+    if config.listen.is_empty() {
+        return Err((
+            line_of(text, "listen"),
+            "`listen` needs at least one address, e.g. `- address: 127.0.0.1:8080`".into(),
+        ));
+    }
+    if config.threads == 0 {
+        return Err((
+            line_of(text, "threads"),
+            "`threads` must be at least 1".into(),
+        ));
+    }
+    if config.mcp.page_size == 0 {
+        return Err((
+            line_of(text, "page_size"),
+            "`mcp.page_size` must be at least 1".into(),
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut prefixes = HashSet::new();
+    for server in &config.mcp.servers {
+        let at = line_of(text, &format!("name: {}", server.name))
+            .or_else(|| line_of(text, &server.name));
+        if server.name.is_empty()
+            || !server
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err((
+                at,
+                format!(
+                    "server name `{}` must be non-empty and use only letters, digits, `-` and `_`",
+                    server.name
+                ),
+            ));
+        }
+        if !names.insert(server.name.as_str()) {
+            return Err((
+                at,
+                format!(
+                    "server name `{}` is used twice; names must be unique",
+                    server.name
+                ),
+            ));
+        }
+        match (&server.stdio, &server.http) {
+            (None, None) => {
+                return Err((
+                    at,
+                    format!(
+                        "server `{}` needs a transport: add `stdio: {{ command: ... }}` or `http: {{ url: ... }}`",
+                        server.name
+                    ),
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err((
+                    at,
+                    format!(
+                        "server `{}` has both `stdio` and `http`; keep exactly one",
+                        server.name
+                    ),
+                ));
+            }
+            (Some(stdio), None) if stdio.command.is_empty() => {
+                return Err((
+                    at,
+                    format!("server `{}` has an empty stdio `command`", server.name),
+                ));
+            }
+            (None, Some(http))
+                if !(http.url.starts_with("http://") || http.url.starts_with("https://")) =>
+            {
+                return Err((
+                    line_of(text, &http.url).or(at),
+                    format!(
+                        "server `{}` has url `{}`; it must start with http:// or https://",
+                        server.name, http.url
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        let prefix = server.tool_prefix();
+        if !prefix.is_empty() && !prefixes.insert(prefix.to_string()) {
+            return Err((
+                at,
+                format!(
+                    "tool prefix `{prefix}` of server `{}` is already used by another server; set a distinct `prefix`",
+                    server.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("sluice.yaml"), text, &|n| {
+            (n == "TOKEN").then(|| "t0k".to_string())
+        })
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse_str("listen:\n  - address: 127.0.0.1:8080\n").unwrap();
+        assert_eq!(c.mcp.page_size, 100);
+        assert!(c.mcp.servers.is_empty());
+    }
+
+    #[test]
+    fn substitutes_environment() {
+        let c = parse_str(
+            "listen: [{address: 127.0.0.1:1}]\nmcp:\n  servers:\n    - name: docs\n      http: { url: http://h/mcp, headers: { Authorization: \"Bearer ${TOKEN}\" } }\n      sync_interval: 10m\n",
+        )
+        .unwrap();
+        let http = c.mcp.servers[0].http.as_ref().unwrap();
+        assert_eq!(http.headers["Authorization"], "Bearer t0k");
+        assert_eq!(c.mcp.servers[0].sync_interval.as_secs(), 600);
+    }
+
+    #[test]
+    fn missing_variable_names_line_and_variable() {
+        let err = parse_str("listen: [{address: 127.0.0.1:1}]\nmcp:\n  servers:\n    - name: a\n      http: { url: \"${NOPE}\" }\n").unwrap_err();
+        assert_eq!(err.line, Some(5));
+        assert!(err.to_string().contains("NOPE"), "{err}");
+        assert!(err.to_string().starts_with("sluice.yaml:5:"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_placed() {
+        let err = parse_str("listen: [{address: 127.0.0.1:1}]\nmcpp: {}\n").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        assert!(err.message.contains("mcpp"), "{err}");
+    }
+
+    #[test]
+    fn server_without_transport_is_refused() {
+        let err =
+            parse_str("listen: [{address: 127.0.0.1:1}]\nmcp:\n  servers:\n    - name: lonely\n")
+                .unwrap_err();
+        assert_eq!(err.line, Some(4));
+        assert!(err.message.contains("needs a transport"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_server_is_refused() {
+        let err = parse_str("listen: [{address: 127.0.0.1:1}]\nmcp:\n  servers:\n    - name: a\n      stdio: {command: x}\n    - name: a\n      stdio: {command: y}\n").unwrap_err();
+        assert!(err.message.contains("used twice"), "{err}");
+    }
+}

@@ -1,0 +1,14 @@
+//! Sluice's request pipeline, free of Pingora: bytes and headers in, decisions and bytes out.
+//!
+//! - [`mcp`]: the `/mcp` endpoint and its stages.
+//! - [`jsonrpc`], [`protocol`], [`session`]: the MCP wire.
+//! - [`catalog`], [`naming`]: the merged tool catalog and its names.
+//! - [`upstream`]: clients for upstream MCP servers and their supervisors.
+
+pub mod catalog;
+pub mod jsonrpc;
+pub mod mcp;
+pub mod naming;
+pub mod protocol;
+pub mod session;
+pub mod upstream;

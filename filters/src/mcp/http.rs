@@ -1,0 +1,54 @@
+//! The HTTP side of `/mcp`, free of Pingora types: a request head and body in, a response out.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
+use serde_json::value::RawValue;
+
+use crate::jsonrpc;
+
+/// What the endpoint needs of an HTTP request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// The answer to write back.
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+impl Response {
+    /// A JSON body with `status`.
+    pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Self {
+        Response {
+            status,
+            headers: vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body: body.into(),
+        }
+    }
+
+    /// An HTTP-level refusal, with a JSON-RPC error body that SDK clients show to the user.
+    pub fn refuse(status: StatusCode, id: Option<&RawValue>, code: i32, message: &str) -> Self {
+        Response::json(status, jsonrpc::error_bytes(id, code, message, None))
+    }
+
+    /// An empty answer (202 for notifications, 200 for DELETE).
+    pub fn empty(status: StatusCode) -> Self {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}

@@ -1,0 +1,210 @@
+//! Downstream sessions as sealed tokens.
+//!
+//! The `Mcp-Session-Id` Sluice hands out carries its own state: creation time, negotiated
+//! protocol version, a fingerprint of the caller's key and a random part, sealed with an
+//! HMAC-SHA256 under a secret from the environment (`SLUICE_SESSION_SECRET`). Any instance with
+//! the same secret accepts the session, and a restart loses none; the only per-instance state is
+//! the list of sessions ended with `DELETE` (kept until they would have expired anyway).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::protocol;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const FORMAT: u8 = 1;
+const NONCE_LEN: usize = 16;
+const MAC_LEN: usize = 16;
+/// format, created (u64), protocol index, key fingerprint (8), nonce.
+const BODY_LEN: usize = 1 + 8 + 1 + 8 + NONCE_LEN;
+
+/// What a valid session token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub protocol_version: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    key_fingerprint: [u8; 8],
+}
+
+impl Session {
+    /// Whether the session was opened by the caller holding the key `key_id`.
+    pub fn belongs_to(&self, key_id: &str) -> bool {
+        self.key_fingerprint == fingerprint(key_id)
+    }
+}
+
+/// Why a session id is refused; every case is answered with 404 so the client re-initializes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SessionError {
+    #[error("the session id is malformed")]
+    Malformed,
+    #[error("the session id was not issued by this gateway")]
+    BadSeal,
+    #[error("the session has expired")]
+    Expired,
+    #[error("the session was ended by the client")]
+    Deleted,
+}
+
+/// Issues and checks session tokens.
+pub struct Sessions {
+    secret: Vec<u8>,
+    ttl: Duration,
+    /// Nonce of each deleted session, with the time it expires anyway.
+    deleted: Mutex<HashMap<[u8; NONCE_LEN], u64>>,
+}
+
+impl Sessions {
+    /// `secret` seals the tokens; instances that share sessions share the secret.
+    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+        Sessions {
+            secret: secret.to_vec(),
+            ttl,
+            deleted: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Seal a new session for a caller identified by `key_id`.
+    pub fn issue(&self, protocol_version: &str, key_id: &str) -> String {
+        let mut body = [0u8; BODY_LEN];
+        body[0] = FORMAT;
+        body[1..9].copy_from_slice(&now().to_be_bytes());
+        body[9] = protocol::index_of(protocol_version).unwrap_or(0);
+        body[10..18].copy_from_slice(&fingerprint(key_id));
+        rand::fill(&mut body[18..]);
+        let mut token = body.to_vec();
+        token.extend_from_slice(&self.mac(&body));
+        URL_SAFE_NO_PAD.encode(token)
+    }
+
+    /// Check a token and say what it holds.
+    pub fn open(&self, token: &str) -> Result<Session, SessionError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token.as_bytes())
+            .map_err(|_| SessionError::Malformed)?;
+        if bytes.len() != BODY_LEN + MAC_LEN || bytes[0] != FORMAT {
+            return Err(SessionError::Malformed);
+        }
+        let (body, tag) = bytes.split_at(BODY_LEN);
+        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        mac.update(body);
+        mac.verify_truncated_left(tag)
+            .map_err(|_| SessionError::BadSeal)?;
+        let created =
+            u64::from_be_bytes(body[1..9].try_into().map_err(|_| SessionError::Malformed)?);
+        if now() > created.saturating_add(self.ttl.as_secs()) {
+            return Err(SessionError::Expired);
+        }
+        let nonce: [u8; NONCE_LEN] = body[18..].try_into().map_err(|_| SessionError::Malformed)?;
+        if self.lock_deleted().contains_key(&nonce) {
+            return Err(SessionError::Deleted);
+        }
+        let protocol_version = protocol::SUPPORTED
+            .get(body[9] as usize)
+            .copied()
+            .ok_or(SessionError::Malformed)?;
+        Ok(Session {
+            protocol_version,
+            created,
+            key_fingerprint: body[10..18]
+                .try_into()
+                .map_err(|_| SessionError::Malformed)?,
+        })
+    }
+
+    /// End a session (client `DELETE`). The token must be valid.
+    pub fn delete(&self, token: &str) -> Result<(), SessionError> {
+        let session = self.open(token)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token.as_bytes())
+            .map_err(|_| SessionError::Malformed)?;
+        let nonce: [u8; NONCE_LEN] = bytes[18..BODY_LEN]
+            .try_into()
+            .map_err(|_| SessionError::Malformed)?;
+        let expires = session.created.saturating_add(self.ttl.as_secs());
+        let mut deleted = self.lock_deleted();
+        let now = now();
+        deleted.retain(|_, exp| *exp >= now);
+        deleted.insert(nonce, expires);
+        Ok(())
+    }
+
+    fn lock_deleted(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; NONCE_LEN], u64>> {
+        self.deleted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mac(&self, body: &[u8]) -> [u8; MAC_LEN] {
+        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        mac.update(body);
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; MAC_LEN];
+        out.copy_from_slice(&full[..MAC_LEN]);
+        out
+    }
+}
+
+fn fingerprint(key_id: &str) -> [u8; 8] {
+    let digest = Sha256::digest(key_id.as_bytes());
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&digest[..8]);
+    out
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions() -> Sessions {
+        Sessions::new(b"test-secret", Duration::from_secs(3600))
+    }
+
+    #[test]
+    fn round_trip_and_portable_between_instances() {
+        let token = sessions().issue("2025-06-18", "alice");
+        // A second instance with the same secret accepts it.
+        let s = sessions().open(&token).unwrap();
+        assert_eq!(s.protocol_version, "2025-06-18");
+        assert!(s.belongs_to("alice"));
+        assert!(!s.belongs_to("bob"));
+        assert!(token.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+    }
+
+    #[test]
+    fn refuses_forged_malformed_and_deleted() {
+        let a = sessions();
+        let token = a.issue("2025-11-25", "k");
+        let other = Sessions::new(b"other", Duration::from_secs(3600));
+        assert_eq!(other.open(&token), Err(SessionError::BadSeal));
+        assert_eq!(a.open("not-a-session"), Err(SessionError::Malformed));
+        a.delete(&token).unwrap();
+        assert_eq!(a.open(&token), Err(SessionError::Deleted));
+    }
+
+    #[test]
+    fn expires() {
+        let s = Sessions::new(b"x", Duration::from_secs(0));
+        let mut token = s.issue("2025-11-25", "k");
+        // Rewrite the creation time into the past and re-seal.
+        let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        bytes[1..9].copy_from_slice(&(now() - 10).to_be_bytes());
+        let mac = s.mac(&bytes[..BODY_LEN]);
+        bytes[BODY_LEN..].copy_from_slice(&mac);
+        token = URL_SAFE_NO_PAD.encode(bytes);
+        assert_eq!(s.open(&token), Err(SessionError::Expired));
+    }
+}

@@ -1,0 +1,306 @@
+//! Keeps each upstream connected and its tools in the catalog.
+//!
+//! One task per server: connect (start the process or initialize over HTTP), read every page of
+//! `tools/list` into the catalog, then wait for the sync interval, a `list_changed`
+//! notification or the connection's end. A failure marks the server unhealthy and retries with
+//! exponential back-off; its last good tools stay in the catalog, and the other servers are
+//! never affected.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use sluice_conf::{McpServer, Transport};
+use tokio::sync::Notify;
+
+use super::http::HttpConnection;
+use super::stdio::StdioConnection;
+use super::{Connection, Outcome, UpstreamError, initialize_params, notification_bytes};
+use crate::catalog::CatalogStore;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A server that sends more pages than this is treated as broken.
+const MAX_PAGES: usize = 1000;
+
+/// Where a server stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Health {
+    /// Not yet connected for the first time.
+    Starting = 0,
+    /// Connected and synced.
+    Ready = 1,
+    /// The last attempt failed; retrying.
+    Failed = 2,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Ready => "ready",
+            Health::Failed => "failed",
+        }
+    }
+}
+
+/// One configured upstream server.
+pub struct Upstream {
+    pub name: Arc<str>,
+    config: McpServer,
+    order: usize,
+    connection: ArcSwapOption<Connection>,
+    health: AtomicU8,
+    last_error: Mutex<Option<String>>,
+    list_changed: Arc<Notify>,
+}
+
+impl Upstream {
+    fn new(config: McpServer, order: usize) -> Self {
+        Upstream {
+            name: Arc::from(config.name.as_str()),
+            config,
+            order,
+            connection: ArcSwapOption::empty(),
+            health: AtomicU8::new(Health::Starting as u8),
+            last_error: Mutex::new(None),
+            list_changed: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        match self.health.load(Ordering::Relaxed) {
+            0 => Health::Starting,
+            1 => Health::Ready,
+            _ => Health::Failed,
+        }
+    }
+
+    /// The reason of the last failure, if the server is not healthy.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The process id of a stdio server's current child.
+    pub fn pid(&self) -> Option<u32> {
+        match self.connection.load().as_deref() {
+            Some(Connection::Stdio(c)) => c.pid(),
+            _ => None,
+        }
+    }
+
+    /// Forward one request to the server.
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Option<&RawValue>,
+    ) -> Result<Outcome, UpstreamError> {
+        let Some(connection) = self.connection.load_full() else {
+            return Err(UpstreamError::Unavailable {
+                server: self.name.clone(),
+                reason: self
+                    .last_error()
+                    .unwrap_or_else(|| "it has not connected yet".into()),
+            });
+        };
+        connection.request(method, params).await
+    }
+
+    fn set_health(&self, health: Health, error: Option<String>) {
+        self.health.store(health as u8, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    /// Connect and run the MCP handshake.
+    async fn connect(&self) -> Result<Connection, UpstreamError> {
+        match self.config.transport() {
+            Transport::Stdio(stdio) => {
+                let conn = StdioConnection::spawn(
+                    self.name.clone(),
+                    stdio,
+                    self.config.request_timeout,
+                    self.list_changed.clone(),
+                )?;
+                let params = RawValue::from_string(initialize_params()).map_err(|e| {
+                    UpstreamError::Protocol {
+                        server: self.name.clone(),
+                        detail: e.to_string(),
+                    }
+                })?;
+                match conn.request("initialize", Some(&params)).await? {
+                    Outcome::Result(_) => {}
+                    Outcome::Error(e) => {
+                        return Err(UpstreamError::Protocol {
+                            server: self.name.clone(),
+                            detail: format!("initialize was refused: {}", e.get()),
+                        });
+                    }
+                }
+                conn.notify(notification_bytes("notifications/initialized"));
+                Ok(Connection::Stdio(conn))
+            }
+            Transport::Http(http) => {
+                let conn =
+                    HttpConnection::new(self.name.clone(), http, self.config.request_timeout)?;
+                conn.initialize().await?;
+                Ok(Connection::Http(conn))
+            }
+        }
+    }
+
+    /// Read every page of the server's `tools/list`.
+    async fn list_tools(&self, connection: &Connection) -> Result<Vec<Value>, UpstreamError> {
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let params = match &cursor {
+                Some(c) => Some(
+                    serde_json::value::to_raw_value(&serde_json::json!({ "cursor": c }))
+                        .map_err(|e| self.protocol(e.to_string()))?,
+                ),
+                None => None,
+            };
+            let result = match connection.request("tools/list", params.as_deref()).await? {
+                Outcome::Result(r) => r,
+                Outcome::Error(e) => {
+                    return Err(self.protocol(format!("tools/list failed: {}", e.get())));
+                }
+            };
+            let mut page: Value =
+                serde_json::from_str(result.get()).map_err(|e| self.protocol(e.to_string()))?;
+            match page.get_mut("tools").map(Value::take) {
+                Some(Value::Array(items)) => tools.extend(items),
+                _ => return Err(self.protocol("tools/list answer has no `tools` array".into())),
+            }
+            cursor = page
+                .get("nextCursor")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            if cursor.is_none() {
+                return Ok(tools);
+            }
+        }
+        Err(self.protocol(format!("tools/list sent more than {MAX_PAGES} pages")))
+    }
+
+    fn protocol(&self, detail: String) -> UpstreamError {
+        UpstreamError::Protocol {
+            server: self.name.clone(),
+            detail,
+        }
+    }
+
+    /// Connect, sync and watch the server for as long as the runtime runs.
+    async fn supervise(self: Arc<Self>, catalog: Arc<CatalogStore>) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            match self.connect().await {
+                Ok(connection) => {
+                    let connection = Arc::new(connection);
+                    match self.list_tools(&connection).await {
+                        Ok(tools) => {
+                            tracing::info!(server = %self.name, tools = tools.len(), "upstream synced");
+                            catalog.set_server_tools(
+                                &self.name,
+                                self.order,
+                                self.config.tool_prefix(),
+                                tools,
+                            );
+                            self.connection.store(Some(connection.clone()));
+                            self.set_health(Health::Ready, None);
+                            backoff = MIN_BACKOFF;
+                            let reason = self.watch(&connection, &catalog).await;
+                            self.connection.store(None);
+                            tracing::warn!(server = %self.name, "upstream lost: {reason}; reconnecting");
+                            self.set_health(Health::Failed, Some(reason));
+                        }
+                        Err(e) => self.fail(e),
+                    }
+                }
+                Err(e) => self.fail(e),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn fail(&self, e: UpstreamError) {
+        tracing::warn!(server = %self.name, "upstream failed: {e}");
+        self.set_health(Health::Failed, Some(e.to_string()));
+    }
+
+    /// Resync on interval and on `list_changed`; return when the connection is lost.
+    async fn watch(&self, connection: &Arc<Connection>, catalog: &CatalogStore) -> String {
+        loop {
+            let closed = async {
+                match connection.as_ref() {
+                    Connection::Stdio(c) => c.closed().await,
+                    Connection::Http(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                reason = closed => return reason,
+                _ = tokio::time::sleep(self.config.sync_interval) => {}
+                _ = self.list_changed.notified() => {}
+            }
+            match self.list_tools(connection).await {
+                Ok(tools) => catalog.set_server_tools(
+                    &self.name,
+                    self.order,
+                    self.config.tool_prefix(),
+                    tools,
+                ),
+                // An HTTP server that cannot be synced is reconnected; its last tools stay.
+                Err(e) => return e.to_string(),
+            }
+        }
+    }
+}
+
+/// Every configured upstream, by name.
+pub struct Upstreams {
+    servers: Vec<Arc<Upstream>>,
+    catalog: Arc<CatalogStore>,
+}
+
+impl Upstreams {
+    pub fn new(configs: &[McpServer], catalog: Arc<CatalogStore>) -> Self {
+        let servers = configs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Arc::new(Upstream::new(c.clone(), i)))
+            .collect();
+        Upstreams { servers, catalog }
+    }
+
+    /// Start one supervisor task per server on the current runtime.
+    pub fn start(&self) {
+        for server in &self.servers {
+            tokio::spawn(server.clone().supervise(self.catalog.clone()));
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.servers.iter().find(|s| &*s.name == name)
+    }
+
+    pub fn all(&self) -> &[Arc<Upstream>] {
+        &self.servers
+    }
+
+    pub fn catalog(&self) -> &Arc<CatalogStore> {
+        &self.catalog
+    }
+
+    /// Ready once every server has synced or failed at least once.
+    pub fn is_ready(&self) -> bool {
+        self.servers.iter().all(|s| s.health() != Health::Starting)
+    }
+}

@@ -1,0 +1,82 @@
+//! `sluice`: the gateway binary.
+//!
+//! `sluice --config FILE` runs the gateway; `sluice check --config FILE` validates a
+//! configuration and exits.
+
+mod admin;
+mod gateway;
+mod respond;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "An edge gateway for AI traffic (MCP and LLM APIs)"
+)]
+struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "conf/examples/quickstart.yaml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration file and exit (non-zero with the file, line and problem).
+    Check,
+    /// Run the gateway (the default).
+    Run,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => match sluice_conf::load(&cli.config) {
+            Ok(config) => {
+                println!(
+                    "{}: OK ({} listener(s), {} MCP server(s))",
+                    cli.config.display(),
+                    config.listen.len(),
+                    config.mcp.servers.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run => {
+            init_logging();
+            match server::run(&cli.config) {
+                Ok(never) => match never {},
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
