@@ -13,13 +13,20 @@ SLUICE := $(CARGO_TARGET_DIR)/release/sluice
 
 .PHONY: run test build deps system-deps node-deps python-deps lint unit e2e perf-check bench clean
 
+# The quick start's virtual key; set your own in the environment.
+export SLUICE_DEMO_KEY ?= sluice-demo-key-change-me
+
 run: deps
 	cargo build --release -p sluice
 	@mkdir -p data
+	@scripts/dev-certs.sh certs/dev
 	@echo
-	@echo "Sluice is starting. Add it to an MCP client with:"
-	@echo "    claude mcp add --transport http sluice http://127.0.0.1:8080/mcp"
-	@echo "Health: http://127.0.0.1:9090/readyz    Stop: Ctrl-C"
+	@echo "Sluice is starting on http://127.0.0.1:8080/mcp and https://localhost:8443/mcp"
+	@echo "Add it to Claude Code (trusting the development CA):"
+	@echo "    export NODE_EXTRA_CA_CERTS=$(CURDIR)/certs/dev/ca.crt"
+	@echo "    claude mcp add --transport http sluice https://localhost:8443/mcp --header \"Authorization: Bearer $$SLUICE_DEMO_KEY\""
+	@echo "    claude mcp list"
+	@echo "Health: http://127.0.0.1:9090/readyz   Metrics: http://127.0.0.1:9090/metrics   Stop: Ctrl-C"
 	@echo
 	$(SLUICE) --config $(CONFIG)
 
@@ -73,4 +80,4 @@ bench: deps
 
 clean:
 	cargo clean
-	rm -rf $(VENV) tests/node_modules data
+	rm -rf $(VENV) tests/node_modules data certs/dev

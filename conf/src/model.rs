@@ -21,13 +21,105 @@ pub struct Config {
     pub admin: Option<Admin>,
     #[serde(default)]
     pub mcp: Mcp,
+    /// Virtual keys: who may call, and what they may use.
+    #[serde(default)]
+    pub keys: Vec<Key>,
+    /// Refuse requests without a valid virtual key (the default). Turn off only for local
+    /// experiments: every caller then sees every tool.
+    #[serde(default = "default_true")]
+    pub enforce_auth: bool,
+    #[serde(default)]
+    pub audit: Audit,
     /// Worker threads of the gateway service.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// On SIGTERM, how long requests in flight may take to finish.
+    #[serde(default = "default_grace_period", with = "humantime_serde")]
+    pub grace_period: Duration,
 }
 
 fn default_threads() -> usize {
     2
+}
+fn default_true() -> bool {
+    true
+}
+fn default_grace_period() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A virtual key. The secret is given as `key` (normally `${VAR}`) or as its SHA-256
+/// (`key_sha256`, hex); Sluice keeps only the hash either way.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Key {
+    /// Shown in logs, audit records and errors; never the secret.
+    pub name: String,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    /// Namespaced tool names or globs (`docs__search_*`).
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Names of `mcp.tool_groups`.
+    #[serde(default)]
+    pub tool_groups: Vec<String>,
+    #[serde(default)]
+    pub disabled: bool,
+    /// RFC 3339 time after which the key is refused, e.g. `2027-01-31T00:00:00Z`.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Per-key request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Requests per minute on `/mcp`.
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+}
+
+/// The audit log: one JSON line per MCP request that does work.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// Where records go; `None` turns the audit log off.
+    #[serde(default = "default_audit_path")]
+    pub path: Option<PathBuf>,
+    /// Record tool arguments themselves, not only their size.
+    #[serde(default)]
+    pub include_arguments: bool,
+    /// Rotate when the file reaches this size.
+    #[serde(default = "default_audit_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.jsonl.1` ... `.N`).
+    #[serde(default = "default_audit_max_files")]
+    pub max_files: usize,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            path: default_audit_path(),
+            include_arguments: false,
+            max_bytes: default_audit_max_bytes(),
+            max_files: default_audit_max_files(),
+        }
+    }
+}
+
+fn default_audit_path() -> Option<PathBuf> {
+    Some(PathBuf::from("data/audit.jsonl"))
+}
+fn default_audit_max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_audit_max_files() -> usize {
+    5
 }
 
 /// One listening socket for client traffic.
@@ -39,12 +131,23 @@ pub struct Listener {
     pub tls: Option<Tls>,
 }
 
-/// Certificate and key for a TLS listener (PEM files).
+/// Certificate and key for a TLS listener (PEM files). Both are read again on SIGHUP.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
+    /// The certificate chain, leaf first.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Oldest TLS version accepted: `"1.2"` (default) or `"1.3"`.
+    #[serde(default = "default_min_tls")]
+    pub min_version: String,
+    /// Offer HTTP/2 by ALPN (HTTP/1.1 stays available).
+    #[serde(default = "default_true")]
+    pub http2: bool,
+}
+
+fn default_min_tls() -> String {
+    "1.2".into()
 }
 
 /// The admin listener: health and metrics, never client traffic.
@@ -60,6 +163,9 @@ pub struct Admin {
 pub struct Mcp {
     #[serde(default)]
     pub servers: Vec<McpServer>,
+    /// Named sets of tools (names or globs) that keys grant by name.
+    #[serde(default)]
+    pub tool_groups: BTreeMap<String, Vec<String>>,
     /// Largest request body accepted on `/mcp`; larger ones get 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -79,6 +185,7 @@ impl Default for Mcp {
     fn default() -> Self {
         Mcp {
             servers: Vec::new(),
+            tool_groups: BTreeMap::new(),
             max_body_bytes: default_max_body_bytes(),
             page_size: default_page_size(),
             allowed_origins: Vec::new(),
@@ -181,6 +288,10 @@ pub struct HttpTransport {
     /// Idle keep-alive connections kept per upstream.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// For `https://` URLs: a PEM file of CA certificates to trust for this server, in addition
+    /// to the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_pool_size() -> usize {

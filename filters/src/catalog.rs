@@ -42,6 +42,11 @@ impl Catalog {
         self.by_name.get(exposed_name).map(|&i| &self.tools[i])
     }
 
+    /// The tool clients call `exposed_name`, with its position in [`Catalog::tools`].
+    pub fn find(&self, exposed_name: &str) -> Option<(usize, &Arc<Tool>)> {
+        self.by_name.get(exposed_name).map(|&i| (i, &self.tools[i]))
+    }
+
     /// Every tool, in server order then upstream order.
     pub fn tools(&self) -> &[Arc<Tool>] {
         &self.tools

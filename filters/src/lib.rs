@@ -12,3 +12,8 @@ pub mod naming;
 pub mod protocol;
 pub mod session;
 pub mod upstream;
+pub mod audit;
+pub mod auth;
+pub mod metrics;
+pub mod policy;
+pub mod ratelimit;

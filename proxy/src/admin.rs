@@ -1,5 +1,5 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (every upstream has synced or
-//! failed once). Never serves client traffic.
+//! failed once), `/metrics` (Prometheus). Never serves client traffic.
 
 use std::sync::Arc;
 
@@ -7,15 +7,17 @@ use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use sluice_filters::metrics::Metrics;
 use sluice_filters::upstream::Upstreams;
 
 pub struct Admin {
     upstreams: Arc<Upstreams>,
+    metrics: Arc<Metrics>,
 }
 
 impl Admin {
-    pub fn new(upstreams: Arc<Upstreams>) -> Self {
-        Admin { upstreams }
+    pub fn new(upstreams: Arc<Upstreams>, metrics: Arc<Metrics>) -> Self {
+        Admin { upstreams, metrics }
     }
 
     fn readiness(&self) -> (StatusCode, Vec<u8>) {
@@ -52,9 +54,14 @@ impl ServeHttp for Admin {
                 let (status, body) = self.readiness();
                 (status, body, "application/json")
             }
+            "/metrics" => (
+                StatusCode::OK,
+                self.metrics.render(&self.upstreams),
+                "text/plain; version=0.0.4",
+            ),
             _ => (
                 StatusCode::NOT_FOUND,
-                b"admin routes: /healthz /readyz\n".to_vec(),
+                b"admin routes: /healthz /readyz /metrics\n".to_vec(),
                 "text/plain",
             ),
         };

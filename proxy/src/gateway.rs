@@ -4,6 +4,7 @@
 //! response phases.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -15,9 +16,27 @@ use sluice_filters::mcp::{McpEndpoint, Request};
 use crate::respond;
 
 /// What a request is for.
+#[derive(Clone, Copy)]
 enum Route {
     Mcp,
     NotFound,
+}
+
+impl Route {
+    /// The `route` label of the request metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Route::Mcp => "mcp",
+            Route::NotFound => "not_found",
+        }
+    }
+}
+
+/// What earlier phases learned about a request, for the later ones.
+pub struct RequestCtx {
+    started: Instant,
+    route: Route,
+    upstream_time: Option<Duration>,
 }
 
 fn route(path: &str) -> Route {
@@ -36,7 +55,7 @@ impl Gateway {
         Gateway { mcp }
     }
 
-    async fn serve_mcp(&self, session: &mut Session) -> Result<()> {
+    async fn serve_mcp(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         let head = session.req_header();
         if let Err(refusal) = self.mcp.check_head(&head.method, &head.headers) {
             // The body was not read: do not reuse the connection.
@@ -61,26 +80,43 @@ impl Gateway {
                 body: &body,
             })
             .await;
+        ctx.upstream_time = response.upstream_time;
         respond::write(session, response).await
     }
 }
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = ();
+    type CTX = RequestCtx;
 
-    fn new_ctx(&self) -> Self::CTX {}
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx {
+            started: Instant::now(),
+            route: Route::NotFound,
+            upstream_time: None,
+        }
+    }
 
     /// Route by path; every route served so far is answered here.
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
-        match route(session.req_header().uri.path()) {
-            Route::Mcp => self.serve_mcp(session).await?,
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        ctx.started = Instant::now();
+        ctx.route = route(session.req_header().uri.path());
+        match ctx.route {
+            Route::Mcp => self.serve_mcp(session, ctx).await?,
             Route::NotFound => {
                 let path = session.req_header().uri.path().to_string();
                 respond::write(session, respond::not_found(&path)).await?
             }
         }
         Ok(true)
+    }
+
+    /// Count the request once it is done.
+    async fn logging(&self, session: &mut Session, _error: Option<&pingora::Error>, ctx: &mut Self::CTX) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.mcp
+            .metrics()
+            .observe_request(ctx.route.label(), status, ctx.started.elapsed(), ctx.upstream_time);
     }
 
     /// No route proxies to a peer yet.

@@ -7,6 +7,7 @@ mod admin;
 mod gateway;
 mod respond;
 mod server;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
         Command::Run => {
             init_logging();
             match server::run(&cli.config) {
-                Ok(never) => match never {},
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sluice: {e}");
                     ExitCode::FAILURE
@@ -78,5 +79,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

@@ -1,46 +1,53 @@
 //! Assembling the Pingora server: listeners, the gateway service, the admin service and the
 //! background service that keeps upstream MCP servers connected.
 
-use std::convert::Infallible;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 use sluice_filters::catalog::CatalogStore;
-use sluice_filters::mcp::{McpEndpoint, Settings};
+use sluice_filters::audit::AuditLog;
+use sluice_filters::mcp::{McpEndpoint, Services};
+use sluice_filters::metrics::Metrics;
+use sluice_filters::ratelimit::LocalRateLimiter;
 use sluice_filters::upstream::Upstreams;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::Admin;
 use crate::gateway::Gateway;
+use crate::tls::{Certificate, PlainHttpRefusal};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] sluice_conf::ConfigError),
-    #[error("cannot listen with TLS on {address}: {source}")]
+    #[error("{0}")]
+    Audit(#[from] sluice_filters::audit::AuditError),
+    #[error("TLS listener {address}: {source}")]
     Tls {
         address: String,
-        source: Box<pingora::Error>,
+        source: crate::tls::TlsError,
     },
 }
 
 /// The environment variable holding the secret that seals session ids.
 const SESSION_SECRET_ENV: &str = "SLUICE_SESSION_SECRET";
 
-/// Run the gateway until it is told to stop.
-pub fn run(config_path: &Path) -> Result<Infallible, StartError> {
+/// Run the gateway until it is told to stop (SIGTERM: gracefully; SIGINT: at once). SIGHUP
+/// reloads the configuration.
+pub fn run(config_path: &Path) -> Result<(), StartError> {
     let config = sluice_conf::load(config_path)?;
 
     let conf = ServerConf {
         threads: config.threads,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(5),
+        grace_period_seconds: Some(config.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -48,71 +55,117 @@ pub fn run(config_path: &Path) -> Result<Infallible, StartError> {
 
     let catalog = Arc::new(CatalogStore::new());
     let upstreams = Arc::new(Upstreams::new(&config.mcp.servers, catalog));
-    let mcp = Arc::new(McpEndpoint::new(
-        Settings::from_config(&config),
-        upstreams.clone(),
-        &session_secret(),
-        config.mcp.session_ttl,
-    ));
+    let audit = Arc::new(AuditLog::open(&config.audit)?);
+    let metrics = Arc::new(Metrics::new());
+    let services = Services {
+        upstreams: upstreams.clone(),
+        audit: audit.clone(),
+        metrics: metrics.clone(),
+        rate_limiter: Arc::new(LocalRateLimiter::new()),
+    };
+    let mcp = Arc::new(McpEndpoint::new(&config, services, &session_secret(), config.mcp.session_ttl));
 
     let mut gateway = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(mcp),
+        Gateway::new(mcp.clone()),
         "sluice",
     );
+    let mut certificates = Vec::new();
     for listener in &config.listen {
         let address = listener.address.to_string();
         match &listener.tls {
             None => gateway.add_tcp(&address),
-            Some(tls) => gateway
-                .add_tls(
-                    &address,
-                    &tls.cert.to_string_lossy(),
-                    &tls.key.to_string_lossy(),
-                )
-                .map_err(|source| StartError::Tls {
+            Some(tls) => {
+                let tls_error = |source| StartError::Tls {
                     address: address.clone(),
                     source,
-                })?,
-        }
-        tracing::info!(
-            "serving MCP on {}://{address}/mcp",
-            if listener.tls.is_some() {
-                "https"
-            } else {
-                "http"
+                };
+                let certificate = Certificate::load(tls).map_err(tls_error)?;
+                let settings = certificate.settings(tls).map_err(tls_error)?;
+                gateway.add_tls_with_settings(&address, None, settings);
+                certificates.push(certificate);
             }
-        );
+        }
+        let scheme = if listener.tls.is_some() { "https" } else { "http" };
+        tracing::info!("serving MCP on {scheme}://{address}/mcp");
+    }
+    if !certificates.is_empty() {
+        gateway.endpoints().set_pre_tls_callback(Arc::new(PlainHttpRefusal));
     }
     server.add_service(gateway);
 
     if let Some(admin) = &config.admin {
-        let mut service = Service::new(
-            "sluice admin".to_string(),
-            HttpServer::new_app(Admin::new(upstreams.clone())),
-        );
+        let app = Admin::new(upstreams.clone(), metrics);
+        let mut service = Service::new("sluice admin".to_string(), HttpServer::new_app(app));
         service.add_tcp(&admin.address.to_string());
-        tracing::info!("admin on http://{}/ (healthz, readyz)", admin.address);
+        tracing::info!("admin on http://{}/ (healthz, readyz, metrics)", admin.address);
         server.add_service(service);
     }
 
     server.add_service(background_service(
-        "upstreams",
-        UpstreamSupervisors { upstreams },
+        "control",
+        Control {
+            upstreams,
+            mcp,
+            certificates,
+            config_path: config_path.to_path_buf(),
+        },
     ));
-    server.run_forever()
+    server.run(RunArgs::default());
+    // Every runtime has stopped: nothing records any more, so the audit log can be drained.
+    audit.close();
+    tracing::info!("stopped");
+    Ok(())
 }
 
-/// Runs the upstream supervisors on the background service's runtime.
-struct UpstreamSupervisors {
+/// Runs the upstream supervisors and applies SIGHUP reloads, on the background runtime.
+struct Control {
     upstreams: Arc<Upstreams>,
+    mcp: Arc<McpEndpoint>,
+    certificates: Vec<Arc<Certificate>>,
+    config_path: PathBuf,
+}
+
+impl Control {
+    fn reload(&self) {
+        for certificate in &self.certificates {
+            match certificate.reload() {
+                Ok(()) => tracing::info!("TLS certificate {} reloaded", certificate.cert_path().display()),
+                Err(e) => tracing::error!("TLS certificate reload refused, the current one is kept: {e}"),
+            }
+        }
+        match sluice_conf::load(&self.config_path) {
+            Ok(config) => {
+                self.mcp.reload(&config);
+                let names: Vec<&str> = config.mcp.servers.iter().map(|s| s.name.as_str()).collect();
+                let running: Vec<&str> = self.upstreams.all().iter().map(|u| &*u.name).collect();
+                if names != running {
+                    tracing::warn!("changes to `mcp.servers` take effect at the next restart");
+                }
+                tracing::info!("configuration reloaded from {}", self.config_path.display());
+            }
+            Err(e) => tracing::error!("configuration reload refused, the running one is kept: {e}"),
+        }
+    }
 }
 
 #[async_trait]
-impl BackgroundService for UpstreamSupervisors {
+impl BackgroundService for Control {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         self.upstreams.start();
-        let _ = shutdown.changed().await;
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("cannot listen for SIGHUP, reload is off: {e}");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => self.reload(),
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 
@@ -136,13 +189,6 @@ fn session_secret() -> Vec<u8> {
 
 fn random_secret() -> Vec<u8> {
     let mut secret = vec![0u8; 32];
-    rand_fill(&mut secret);
+    rand::fill(&mut secret[..]);
     secret
-}
-
-fn rand_fill(buf: &mut [u8]) {
-    use std::io::Read;
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(buf);
-    }
 }

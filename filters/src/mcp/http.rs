@@ -21,6 +21,8 @@ pub struct Response {
     pub status: StatusCode,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
+    /// Time spent waiting for an upstream, for the gateway-overhead metric.
+    pub upstream_time: Option<std::time::Duration>,
 }
 
 impl Response {
@@ -30,6 +32,7 @@ impl Response {
             status,
             headers: vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
             body: body.into(),
+            upstream_time: None,
         }
     }
 
@@ -44,6 +47,7 @@ impl Response {
             status,
             headers: Vec::new(),
             body: Bytes::new(),
+            upstream_time: None,
         }
     }
 

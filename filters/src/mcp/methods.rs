@@ -1,34 +1,56 @@
 //! The MCP methods `/mcp` answers itself or routes to an upstream.
 
 use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ::http::StatusCode;
-use ::http::header::{HeaderName, HeaderValue};
+use ::http::header::HeaderValue;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::http::Response;
-use super::transport::SESSION_HEADER;
-use super::{Caller, McpEndpoint, Settings};
+use super::list_cache::PageKey;
+use super::{McpEndpoint, Policy, session_header};
+use crate::auth::KeyEntry;
 use crate::jsonrpc::{self, Message, code};
+use crate::policy::Narrowing;
 use crate::protocol;
 use crate::upstream::Outcome;
 
-/// `initialize`: Sluice answers as one server and opens a session.
-pub(super) fn initialize(
-    endpoint: &McpEndpoint,
-    caller: &Caller,
-    message: &Message<'_>,
-) -> Response {
+/// What a method needs to know about the request it serves.
+pub(super) struct Context<'a> {
+    pub endpoint: &'a McpEndpoint,
+    pub policy: &'a Policy,
+    pub caller: &'a KeyEntry,
+    pub narrowing: Option<&'a Narrowing>,
+}
+
+impl Context<'_> {
+    /// Whether the caller may use the catalog's tool `name` at `index`.
+    fn may_use(&self, index: usize, name: &str, allowed: &crate::policy::Allowed) -> bool {
+        allowed.contains(index) && self.narrowing.is_none_or(|n| n.matches(name))
+    }
+}
+
+/// Work done for the audit log and metrics (tool calls).
+pub(super) struct Work {
+    pub server: Option<Arc<str>>,
+    pub tool: Option<String>,
+    pub argument_bytes: usize,
+    pub arguments: Option<Box<RawValue>>,
+    /// `ok`, `tool_error`, `error` or `denied`.
+    pub status: &'static str,
+    pub error: Option<String>,
+    pub upstream_time: Option<Duration>,
+}
+
+/// `initialize`: Sluice answers as one server and opens a session bound to the caller's key.
+pub(super) fn initialize(endpoint: &McpEndpoint, caller: &KeyEntry, message: &Message<'_>) -> Response {
     let Some(id) = message.id else {
-        return Response::refuse(
-            StatusCode::BAD_REQUEST,
-            None,
-            code::INVALID_REQUEST,
-            "`initialize` must be a request with an id",
-        );
+        return Response::refuse(StatusCode::BAD_REQUEST, None, code::INVALID_REQUEST, "`initialize` must be a request with an id");
     };
     #[derive(Deserialize)]
     struct Params<'a> {
@@ -46,49 +68,37 @@ pub(super) fn initialize(
         "serverInfo": { "name": "sluice", "title": "Sluice MCP gateway", "version": env!("CARGO_PKG_VERSION") },
         "instructions": "Sluice aggregates several MCP servers; tool names are `<server>__<tool>`."
     });
-    let token = endpoint.sessions.issue(version, &caller.key_id);
-    let mut response = Response::json(
-        StatusCode::OK,
-        jsonrpc::result_bytes(id, &result.to_string()),
-    );
+    let token = endpoint.sessions.issue(version, &caller.name);
+    let mut response = Response::json(StatusCode::OK, jsonrpc::result_bytes(id, &result.to_string()));
     if let Ok(value) = HeaderValue::try_from(token) {
-        response = response.with_header(HeaderName::from_static(SESSION_HEADER), value);
+        response = response.with_header(session_header(), value);
     }
     response
 }
 
-/// Every request after `initialize`.
-pub(super) async fn dispatch(
-    endpoint: &McpEndpoint,
-    settings: &Settings,
-    _caller: &Caller,
-    message: &Message<'_>,
-) -> Response {
+/// Every request after `initialize`: the answer's body, and the work to account for.
+pub(super) async fn dispatch(context: &Context<'_>, message: &Message<'_>) -> (Vec<u8>, Option<Work>) {
     let Some(id) = message.id else {
-        return Response::empty(StatusCode::ACCEPTED);
+        return (Vec::new(), None);
     };
-    let body = match message.method.unwrap_or_default() {
-        "ping" => jsonrpc::result_bytes(id, "{}"),
-        "tools/list" => tools_list(endpoint, settings, id, message.params),
-        "tools/call" => tools_call(endpoint, id, message.params).await,
-        "logging/setLevel" => jsonrpc::result_bytes(id, "{}"),
-        method => jsonrpc::error_bytes(
-            Some(id),
-            code::METHOD_NOT_FOUND,
-            &format!("method `{method}` is not supported by Sluice"),
+    match message.method.unwrap_or_default() {
+        "ping" => (jsonrpc::result_bytes(id, "{}"), None),
+        "tools/list" => (tools_list(context, id, message.params), None),
+        "tools/call" => {
+            let (body, work) = tools_call(context, id, message.params).await;
+            (body, Some(work))
+        }
+        "logging/setLevel" => (jsonrpc::result_bytes(id, "{}"), None),
+        method => (
+            jsonrpc::error_bytes(Some(id), code::METHOD_NOT_FOUND, &format!("method `{method}` is not supported by Sluice"), None),
             None,
         ),
-    };
-    Response::json(StatusCode::OK, body)
+    }
 }
 
-/// A page of the merged catalog. The cursor is the offset of the next page, opaque to clients.
-fn tools_list(
-    endpoint: &McpEndpoint,
-    settings: &Settings,
-    id: &RawValue,
-    params: Option<&RawValue>,
-) -> Vec<u8> {
+/// A page of the caller's tools. The cursor is the catalog offset of the next page, opaque to
+/// clients. Pages are cached per key, policy and catalog version unless the request narrows.
+fn tools_list(context: &Context<'_>, id: &RawValue, params: Option<&RawValue>) -> Vec<u8> {
     #[derive(Deserialize)]
     struct Params {
         cursor: Option<String>,
@@ -96,52 +106,57 @@ fn tools_list(
     let cursor = match params.map(|p| serde_json::from_str::<Params>(p.get())) {
         None => None,
         Some(Ok(p)) => p.cursor,
-        Some(Err(e)) => {
-            return jsonrpc::error_bytes(
-                Some(id),
-                code::INVALID_PARAMS,
-                &format!("invalid tools/list params: {e}"),
-                None,
-            );
-        }
+        Some(Err(e)) => return jsonrpc::error_bytes(Some(id), code::INVALID_PARAMS, &format!("invalid tools/list params: {e}"), None),
     };
     let offset = match cursor.as_deref().map(decode_cursor) {
         None => 0,
         Some(Some(offset)) => offset,
         Some(None) => {
-            return jsonrpc::error_bytes(
-                Some(id),
-                code::INVALID_PARAMS,
-                "invalid cursor; pass the `nextCursor` of the previous page unchanged",
-                None,
-            );
+            return jsonrpc::error_bytes(Some(id), code::INVALID_PARAMS, "invalid cursor; pass the `nextCursor` of the previous page unchanged", None);
         }
     };
-    let catalog = endpoint.upstreams.catalog().load();
+    let catalog = context.endpoint.upstreams().catalog().load();
+    let cache_key = context.narrowing.is_none().then(|| PageKey {
+        key: context.caller.name.clone(),
+        policy_version: context.policy.version,
+        catalog_version: catalog.version,
+        offset,
+    });
+    if let Some(page) = cache_key.as_ref().and_then(|k| context.endpoint.list_cache.get(k)) {
+        return jsonrpc::result_bytes(id, &page);
+    }
+    let allowed = context.caller.grants.allowed(&catalog);
     let tools = catalog.tools();
-    let start = offset.min(tools.len());
-    let end = (start + settings.page_size).min(tools.len());
-    let mut result = String::with_capacity(
-        64 + tools[start..end]
-            .iter()
-            .map(|t| t.definition.get().len() + 1)
-            .sum::<usize>(),
-    );
-    result.push_str("{\"tools\":[");
-    for (i, tool) in tools[start..end].iter().enumerate() {
-        if i > 0 {
-            result.push(',');
+    let mut page = String::with_capacity(1024);
+    page.push_str("{\"tools\":[");
+    let mut count = 0;
+    let mut next = None;
+    for (index, tool) in tools.iter().enumerate().skip(offset) {
+        if !context.may_use(index, &tool.exposed_name, &allowed) {
+            continue;
         }
-        result.push_str(tool.definition.get());
+        if count == context.policy.page_size {
+            next = Some(index);
+            break;
+        }
+        if count > 0 {
+            page.push(',');
+        }
+        page.push_str(tool.definition.get());
+        count += 1;
     }
-    result.push(']');
-    if end < tools.len() {
-        result.push_str(",\"nextCursor\":\"");
-        result.push_str(&encode_cursor(end));
-        result.push('"');
+    page.push(']');
+    if let Some(next) = next {
+        page.push_str(",\"nextCursor\":\"");
+        page.push_str(&encode_cursor(next));
+        page.push('"');
     }
-    result.push('}');
-    jsonrpc::result_bytes(id, &result)
+    page.push('}');
+    let body = jsonrpc::result_bytes(id, &page);
+    if let Some(key) = cache_key {
+        context.endpoint.list_cache.put(key, Arc::from(page));
+    }
+    body
 }
 
 fn encode_cursor(offset: usize) -> String {
@@ -150,15 +165,12 @@ fn encode_cursor(offset: usize) -> String {
 
 fn decode_cursor(cursor: &str) -> Option<usize> {
     let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    std::str::from_utf8(&bytes)
-        .ok()?
-        .strip_prefix("offset:")?
-        .parse()
-        .ok()
+    std::str::from_utf8(&bytes).ok()?.strip_prefix("offset:")?.parse().ok()
 }
 
-/// `tools/call`: find the owning upstream, rename the tool, forward, pass the answer back.
-async fn tools_call(endpoint: &McpEndpoint, id: &RawValue, params: Option<&RawValue>) -> Vec<u8> {
+/// `tools/call`: check the key's grant, find the owning upstream, rename the tool, forward,
+/// pass the answer back unchanged.
+async fn tools_call(context: &Context<'_>, id: &RawValue, params: Option<&RawValue>) -> (Vec<u8>, Work) {
     #[derive(Deserialize)]
     struct Params<'a> {
         #[serde(borrow)]
@@ -168,80 +180,88 @@ async fn tools_call(endpoint: &McpEndpoint, id: &RawValue, params: Option<&RawVa
         #[serde(borrow, default, rename = "_meta")]
         meta: Option<&'a RawValue>,
     }
+    let mut work = Work {
+        server: None,
+        tool: None,
+        argument_bytes: 0,
+        arguments: None,
+        status: "error",
+        error: None,
+        upstream_time: None,
+    };
+    let fail = |mut work: Work, code: i32, message: String| {
+        let body = jsonrpc::error_bytes(Some(id), code, &message, None);
+        work.error = Some(message);
+        (body, work)
+    };
     let Some(params) = params else {
-        return jsonrpc::error_bytes(
-            Some(id),
-            code::INVALID_PARAMS,
-            "tools/call needs params with the tool `name`",
-            None,
-        );
+        return fail(work, code::INVALID_PARAMS, "tools/call needs params with the tool `name`".into());
     };
     let params: Params<'_> = match serde_json::from_str(params.get()) {
         Ok(p) => p,
-        Err(e) => {
-            return jsonrpc::error_bytes(
-                Some(id),
-                code::INVALID_PARAMS,
-                &format!("invalid tools/call params: {e}"),
-                None,
-            );
-        }
+        Err(e) => return fail(work, code::INVALID_PARAMS, format!("invalid tools/call params: {e}")),
     };
+    work.tool = Some(params.name.to_string());
+    work.argument_bytes = params.arguments.map_or(0, |a| a.get().len());
+    work.arguments = params.arguments.map(|a| a.to_owned());
     if let Some(args) = params.arguments
         && !args.get().trim_start().starts_with('{')
     {
-        return jsonrpc::error_bytes(
-            Some(id),
+        return fail(work, code::INVALID_PARAMS, "tools/call `arguments` must be an object".into());
+    }
+    let catalog = context.endpoint.upstreams().catalog().load();
+    let allowed = context.caller.grants.allowed(&catalog);
+    let Some((index, tool)) = catalog.find(&params.name) else {
+        return fail(work, code::INVALID_PARAMS, format!("unknown tool `{}`; call tools/list for the tools available", params.name));
+    };
+    work.server = Some(tool.server.clone());
+    if !context.may_use(index, &tool.exposed_name, &allowed) {
+        work.status = "denied";
+        return fail(
+            work,
             code::INVALID_PARAMS,
-            "tools/call `arguments` must be an object",
-            None,
+            format!("tool `{}` is not granted to key `{}`; ask the gateway's operator to add it to the key or one of its tool groups", params.name, context.caller.name),
         );
     }
-    let catalog = endpoint.upstreams.catalog().load();
-    let Some(tool) = catalog.get(&params.name) else {
-        return jsonrpc::error_bytes(
-            Some(id),
-            code::INVALID_PARAMS,
-            &format!(
-                "unknown tool `{}`; call tools/list for the tools available",
-                params.name
-            ),
-            None,
-        );
-    };
-    let Some(upstream) = endpoint.upstreams.get(&tool.server) else {
-        return jsonrpc::error_bytes(
-            Some(id),
-            code::INTERNAL_ERROR,
-            &format!(
-                "tool `{}` belongs to a server that is no longer configured",
-                params.name
-            ),
-            None,
-        );
+    let Some(upstream) = context.endpoint.upstreams().get(&tool.server) else {
+        return fail(work, code::INTERNAL_ERROR, format!("tool `{}` belongs to a server that is no longer configured", params.name));
     };
     let forwarded = forward_params(&tool.upstream_name, params.arguments, params.meta);
-    match upstream.request("tools/call", Some(&forwarded)).await {
-        Ok(Outcome::Result(result)) => jsonrpc::result_bytes(id, result.get()),
-        Ok(Outcome::Error(error)) => jsonrpc::error_object_bytes(Some(id), error.get()),
-        Err(e) => jsonrpc::error_bytes(
-            Some(id),
-            code::INTERNAL_ERROR,
-            &e.to_string(),
-            Some(&serde_json::json!({ "server": e.server() })),
-        ),
+    let started = Instant::now();
+    let outcome = upstream.request("tools/call", Some(&forwarded)).await;
+    work.upstream_time = Some(started.elapsed());
+    match outcome {
+        Ok(Outcome::Result(result)) => {
+            work.status = if is_error_result(&result) { "tool_error" } else { "ok" };
+            (jsonrpc::result_bytes(id, result.get()), work)
+        }
+        Ok(Outcome::Error(error)) => {
+            work.error = Some(error.get().chars().take(500).collect());
+            (jsonrpc::error_object_bytes(Some(id), error.get()), work)
+        }
+        Err(e) => {
+            let message = e.to_string();
+            let body = jsonrpc::error_bytes(Some(id), code::INTERNAL_ERROR, &message, Some(&serde_json::json!({ "server": e.server() })));
+            work.error = Some(message);
+            (body, work)
+        }
     }
+}
+
+/// Whether a tool result says `isError: true` (read without building the whole value).
+fn is_error_result(result: &RawValue) -> bool {
+    #[derive(Deserialize)]
+    struct Flag {
+        #[serde(rename = "isError", default)]
+        is_error: bool,
+    }
+    serde_json::from_str::<Flag>(result.get()).is_ok_and(|f| f.is_error)
 }
 
 /// The params sent upstream: the upstream's tool name, the caller's arguments and `_meta` as
 /// they came.
-fn forward_params(
-    upstream_name: &str,
-    arguments: Option<&RawValue>,
-    meta: Option<&RawValue>,
-) -> Box<RawValue> {
-    let mut out =
-        String::with_capacity(32 + upstream_name.len() + arguments.map_or(0, |a| a.get().len()));
+fn forward_params(upstream_name: &str, arguments: Option<&RawValue>, meta: Option<&RawValue>) -> Box<RawValue> {
+    let mut out = String::with_capacity(32 + upstream_name.len() + arguments.map_or(0, |a| a.get().len()));
     out.push_str("{\"name\":");
     out.push_str(&serde_json::Value::from(upstream_name).to_string());
     if let Some(arguments) = arguments {
@@ -255,8 +275,7 @@ fn forward_params(
     out.push('}');
     // Built from valid JSON parts, so this cannot fail; fall back to a bare name regardless.
     RawValue::from_string(out).unwrap_or_else(|_| {
-        serde_json::value::to_raw_value(&serde_json::json!({ "name": upstream_name }))
-            .unwrap_or_default()
+        serde_json::value::to_raw_value(&serde_json::json!({ "name": upstream_name })).unwrap_or_default()
     })
 }
 
@@ -275,5 +294,13 @@ mod tests {
         let args = RawValue::from_string(r#"{"message": "hi" }"#.into()).unwrap();
         let p = forward_params("echo", Some(&args), None);
         assert_eq!(p.get(), r#"{"name":"echo","arguments":{"message": "hi" }}"#);
+    }
+
+    #[test]
+    fn reads_is_error() {
+        let r = RawValue::from_string(r#"{"content":[],"isError":true}"#.into()).unwrap();
+        assert!(is_error_result(&r));
+        let r = RawValue::from_string(r#"{"content":[{"type":"text","text":"x"}]}"#.into()).unwrap();
+        assert!(!is_error_result(&r));
     }
 }

@@ -4,101 +4,117 @@
 //! passes or answers. The order is here and nowhere else:
 //!
 //! 1. transport: Origin, HTTP method, Accept/Content-Type, body size ([`transport`])
-//! 2. JSON-RPC framing ([`crate::jsonrpc`])
-//! 3. session: `initialize` opens one; every other request must carry a valid one
-//! 4. dispatch by method ([`methods`])
+//! 2. authentication: the virtual key ([`crate::auth`])
+//! 3. rate limit of the key ([`crate::ratelimit`])
+//! 4. JSON-RPC framing ([`crate::jsonrpc`])
+//! 5. session: `initialize` opens one; every other request must carry a valid one
+//! 6. dispatch by method, with the key's tool policy ([`methods`], [`crate::policy`])
+//! 7. audit and metrics of the work done ([`crate::audit`], [`crate::metrics`])
 
 pub mod http;
+mod list_cache;
 mod methods;
 pub mod transport;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use ::http::header::HeaderValue;
-use ::http::{Method, StatusCode};
+use ::http::header::{HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use ::http::{HeaderMap, Method, StatusCode};
 use arc_swap::ArcSwap;
 use sluice_conf::Config;
 
 pub use self::http::{Request, Response};
+use crate::audit::{AuditLog, AuditRecord, now_rfc3339};
+use crate::auth::{KeyEntry, KeyStore};
 use crate::jsonrpc::{self, code};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::session::{SessionError, Sessions};
 use crate::upstream::Upstreams;
 
-/// The parts of the configuration `/mcp` reads on every request; swapped whole on reload.
-#[derive(Debug, Clone)]
-pub struct Settings {
+/// The header that narrows (never widens) the caller's tools for one request: a
+/// comma-separated list of names or globs.
+pub const NARROW_HEADER: &str = "x-sluice-tools";
+
+/// The parts of the configuration `/mcp` reads on every request: swapped whole on reload, so
+/// a request sees one consistent version from start to end.
+pub struct Policy {
+    /// Increases with every reload; caches key on it.
+    pub version: u64,
     pub max_body_bytes: usize,
     pub page_size: usize,
     pub allowed_origins: Vec<String>,
+    pub keys: KeyStore,
 }
 
-impl Settings {
-    pub fn from_config(config: &Config) -> Self {
-        Settings {
+impl Policy {
+    fn from_config(config: &Config, version: u64) -> Self {
+        Policy {
+            version,
             max_body_bytes: config.mcp.max_body_bytes,
             page_size: config.mcp.page_size,
             allowed_origins: config.mcp.allowed_origins.clone(),
+            keys: KeyStore::from_config(config),
         }
     }
 }
 
-/// Who is calling. Until virtual keys land every caller is anonymous; sessions are already
-/// bound to the caller's key id so that a key cannot use another key's session.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub key_id: String,
-}
-
-impl Caller {
-    fn anonymous() -> Self {
-        Caller {
-            key_id: String::new(),
-        }
-    }
+/// The services `/mcp` uses besides its policy; they outlive reloads.
+pub struct Services {
+    pub upstreams: Arc<Upstreams>,
+    pub audit: Arc<AuditLog>,
+    pub metrics: Arc<Metrics>,
+    pub rate_limiter: Arc<dyn RateLimiter>,
 }
 
 /// Serves `/mcp`.
 pub struct McpEndpoint {
-    settings: ArcSwap<Settings>,
+    policy: ArcSwap<Policy>,
+    versions: AtomicU64,
     sessions: Sessions,
-    upstreams: Arc<Upstreams>,
+    services: Services,
+    list_cache: list_cache::ListCache,
 }
 
 impl McpEndpoint {
-    pub fn new(
-        settings: Settings,
-        upstreams: Arc<Upstreams>,
-        session_secret: &[u8],
-        session_ttl: Duration,
-    ) -> Self {
+    pub fn new(config: &Config, services: Services, session_secret: &[u8], session_ttl: Duration) -> Self {
         McpEndpoint {
-            settings: ArcSwap::from_pointee(settings),
+            policy: ArcSwap::from_pointee(Policy::from_config(config, 1)),
+            versions: AtomicU64::new(1),
             sessions: Sessions::new(session_secret, session_ttl),
-            upstreams,
+            services,
+            list_cache: list_cache::ListCache::new(4096),
         }
     }
 
-    /// Swap in new settings (configuration reload).
-    pub fn set_settings(&self, settings: Settings) {
-        self.settings.store(Arc::new(settings));
+    /// Apply a new (validated) configuration: keys, groups, limits and settings change for the
+    /// next request; requests in flight finish under the policy they started with.
+    pub fn reload(&self, config: &Config) {
+        let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+        self.policy.store(Arc::new(Policy::from_config(config, version)));
     }
 
     /// The largest body the proxy should read.
     pub fn max_body_bytes(&self) -> usize {
-        self.settings.load().max_body_bytes
+        self.policy.load().max_body_bytes
     }
 
     pub fn upstreams(&self) -> &Arc<Upstreams> {
-        &self.upstreams
+        &self.services.upstreams
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.services.metrics
     }
 
     /// Checks that need only the request head, run before the body is read.
-    pub fn check_head(&self, method: &Method, headers: &::http::HeaderMap) -> Result<(), Response> {
-        let settings = self.settings.load();
-        transport::check_origin(headers, &settings.allowed_origins)?;
+    pub fn check_head(&self, method: &Method, headers: &HeaderMap) -> Result<(), Response> {
+        let policy = self.policy.load();
+        transport::check_origin(headers, &policy.allowed_origins)?;
         if method == Method::POST {
-            transport::check_declared_length(headers, settings.max_body_bytes)?;
+            transport::check_declared_length(headers, policy.max_body_bytes)?;
         }
         Ok(())
     }
@@ -111,55 +127,59 @@ impl McpEndpoint {
     }
 
     async fn run(&self, request: Request<'_>) -> Result<Response, Response> {
-        let settings = self.settings.load();
+        let started = Instant::now();
+        let policy = self.policy.load_full();
+
         // 1. transport
-        transport::check_origin(request.headers, &settings.allowed_origins)?;
-        match *request.method {
-            Method::POST => {}
-            Method::DELETE => return Ok(self.delete_session(request.headers)),
-            Method::GET => {
-                return Err(Response::refuse(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    None,
-                    code::INVALID_REQUEST,
-                    "Sluice does not offer a server-to-client stream on GET yet; use POST",
-                )
-                .with_header(
-                    ::http::header::ALLOW,
-                    HeaderValue::from_static("POST, DELETE"),
-                ));
-            }
-            _ => {
-                return Err(Response::refuse(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    None,
-                    code::INVALID_REQUEST,
-                    "`/mcp` takes POST (and DELETE to end a session)",
-                )
-                .with_header(
-                    ::http::header::ALLOW,
-                    HeaderValue::from_static("POST, DELETE"),
-                ));
-            }
+        transport::check_origin(request.headers, &policy.allowed_origins)?;
+        let is_delete = match *request.method {
+            Method::POST => false,
+            Method::DELETE => true,
+            Method::GET => return Err(method_not_allowed("Sluice does not offer a server-to-client stream on GET yet; use POST")),
+            _ => return Err(method_not_allowed("`/mcp` takes POST (and DELETE to end a session)")),
+        };
+
+        // 2. authentication
+        let caller = policy.keys.authenticate(request.headers).map_err(|e| {
+            self.services.metrics.auth_failures.inc();
+            Response::refuse(StatusCode::UNAUTHORIZED, None, code::INVALID_REQUEST, &e.to_string())
+                .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sluice\""))
+        })?;
+
+        // 3. rate limit
+        if let Some(rpm) = caller.requests_per_minute
+            && let Err(wait) = self.services.rate_limiter.check(&caller.name, rpm)
+        {
+            self.services.metrics.rate_limited.with_label_values(&[&caller.name]).inc();
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            return Err(Response::refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                None,
+                code::INVALID_REQUEST,
+                &format!("key `{}` is over its limit of {rpm} requests per minute; retry in {seconds} s", caller.name),
+            )
+            .with_header(RETRY_AFTER, HeaderValue::from(seconds)));
+        }
+
+        if is_delete {
+            return Ok(self.delete_session(request.headers));
         }
         transport::check_post_headers(request.headers)?;
-        if request.body.len() > settings.max_body_bytes {
-            return Err(transport::too_large(settings.max_body_bytes));
+        if request.body.len() > policy.max_body_bytes {
+            return Err(transport::too_large(policy.max_body_bytes));
         }
         transport::check_protocol_version(request.headers)?;
 
-        // 2. JSON-RPC
-        let message = jsonrpc::parse(request.body).map_err(|e| {
-            Response::refuse(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string())
-        })?;
+        // 4. JSON-RPC
+        let message = jsonrpc::parse(request.body)
+            .map_err(|e| Response::refuse(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string()))?;
 
-        // 3. session
-        let caller = Caller::anonymous();
-        let session_id = request.headers.get(transport::SESSION_HEADER);
+        // 5. session
         if message.method == Some("initialize") {
+            self.services.metrics.active_sessions.inc();
             return Ok(methods::initialize(self, &caller, &message));
         }
-        let Some(session_id) = session_id else {
+        let Some(session_id) = request.headers.get(transport::SESSION_HEADER) else {
             return Err(Response::refuse(
                 StatusCode::BAD_REQUEST,
                 message.id,
@@ -175,44 +195,96 @@ impl McpEndpoint {
                 &format!("unknown session: {e}; send `initialize` to start a new one"),
             )
         })?;
-
-        // 4. dispatch
         if !message.is_request() {
             // Notifications and responses to server requests need no answer.
             return Ok(Response::empty(StatusCode::ACCEPTED));
         }
-        Ok(methods::dispatch(self, &settings, &caller, &message).await)
+
+        // 6. dispatch
+        let narrowing = request
+            .headers
+            .get(NARROW_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(crate::policy::Narrowing::parse);
+        let context = methods::Context {
+            endpoint: self,
+            policy: &policy,
+            caller: &caller,
+            narrowing: narrowing.as_ref(),
+        };
+        let (body, work) = methods::dispatch(&context, &message).await;
+
+        // 7. audit and metrics
+        let mut response = Response::json(StatusCode::OK, body);
+        if let Some(work) = work {
+            response.upstream_time = work.upstream_time;
+            self.account(&caller, &message, session_id, work, started);
+        }
+        Ok(response)
     }
 
-    fn open_session(&self, header: &HeaderValue, caller: &Caller) -> Result<(), SessionError> {
+    /// Record work done (a tool call) in the audit log and the metrics.
+    fn account(&self, caller: &KeyEntry, message: &jsonrpc::Message<'_>, session_id: &HeaderValue, work: methods::Work, started: Instant) {
+        let server = work.server.as_deref().unwrap_or("-");
+        let tool = work.tool.as_deref().unwrap_or("-");
+        self.services.metrics.tool_calls.with_label_values(&[server, tool, work.status]).inc();
+        if let (Some(server), Some(elapsed)) = (&work.server, work.upstream_time) {
+            self.services.metrics.upstream_duration.with_label_values(&[server]).observe(elapsed.as_secs_f64());
+        }
+        self.services.audit.record(AuditRecord {
+            time: now_rfc3339(),
+            request_id: message.id.map(|id| id.get().to_string()).unwrap_or_default(),
+            session: session_fingerprint(session_id.as_bytes()),
+            key: caller.name.to_string(),
+            method: message.method.unwrap_or_default().to_string(),
+            server: work.server.map(|s| s.to_string()),
+            tool: work.tool,
+            argument_bytes: work.argument_bytes,
+            arguments: if self.services.audit.include_arguments() { work.arguments } else { None },
+            status: work.status,
+            error: work.error,
+            upstream_ms: work.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+            total_ms: started.elapsed().as_secs_f64() * 1000.0,
+        });
+    }
+
+    fn open_session(&self, header: &HeaderValue, caller: &KeyEntry) -> Result<(), SessionError> {
         let token = header.to_str().map_err(|_| SessionError::Malformed)?;
         let session = self.sessions.open(token)?;
-        if !session.belongs_to(&caller.key_id) {
+        if !session.belongs_to(&caller.name) {
+            // Another key's session: as good as unknown.
             return Err(SessionError::BadSeal);
         }
         Ok(())
     }
 
-    fn delete_session(&self, headers: &::http::HeaderMap) -> Response {
-        let Some(token) = headers
-            .get(transport::SESSION_HEADER)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return Response::refuse(
-                StatusCode::BAD_REQUEST,
-                None,
-                code::INVALID_REQUEST,
-                "DELETE needs the Mcp-Session-Id header of the session to end",
-            );
+    fn delete_session(&self, headers: &HeaderMap) -> Response {
+        let Some(token) = headers.get(transport::SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+            return Response::refuse(StatusCode::BAD_REQUEST, None, code::INVALID_REQUEST, "DELETE needs the Mcp-Session-Id header of the session to end");
         };
         match self.sessions.delete(token) {
-            Ok(()) => Response::empty(StatusCode::OK),
-            Err(e) => Response::refuse(
-                StatusCode::NOT_FOUND,
-                None,
-                code::INVALID_REQUEST,
-                &format!("unknown session: {e}"),
-            ),
+            Ok(()) => {
+                self.services.metrics.active_sessions.dec();
+                Response::empty(StatusCode::OK)
+            }
+            Err(e) => Response::refuse(StatusCode::NOT_FOUND, None, code::INVALID_REQUEST, &format!("unknown session: {e}")),
         }
     }
+}
+
+fn method_not_allowed(message: &str) -> Response {
+    Response::refuse(StatusCode::METHOD_NOT_ALLOWED, None, code::INVALID_REQUEST, message)
+        .with_header(::http::header::ALLOW, HeaderValue::from_static("POST, DELETE"))
+}
+
+/// A short, stable, non-reversible name for a session in logs.
+fn session_fingerprint(token: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(token);
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The session header name, for callers that set it on responses.
+pub fn session_header() -> HeaderName {
+    HeaderName::from_static(transport::SESSION_HEADER)
 }

@@ -59,7 +59,21 @@ impl HttpConnection {
             };
             headers.insert(name, value);
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca_file) = &config.ca_file {
+            let pem = std::fs::read(ca_file).map_err(|e| UpstreamError::Connect {
+                server: server.clone(),
+                detail: format!("cannot read `ca_file` {}: {e}", ca_file.display()),
+            })?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| UpstreamError::Connect {
+                server: server.clone(),
+                detail: format!("`ca_file` {} holds no valid PEM certificates: {e}", ca_file.display()),
+            })?;
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+        }
+        let client = builder
             .default_headers(headers)
             .pool_max_idle_per_host(config.pool_size)
             .pool_idle_timeout(Duration::from_secs(90))
