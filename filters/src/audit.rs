@@ -97,7 +97,11 @@ impl AuditLog {
 
     /// Queue a record; never blocks the caller.
     pub fn record(&self, record: AuditRecord) {
-        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let sender = self
+            .sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if let Some(sender) = sender
             && sender.try_send(record).is_err()
         {
@@ -161,7 +165,9 @@ fn write_loop(rx: Receiver<AuditRecord>, file: File, rotation: Rotation) {
                         size = 0;
                     }
                     Err(e) => {
-                        tracing::error!("audit log rotation failed: {e}; records are lost until it succeeds");
+                        tracing::error!(
+                            "audit log rotation failed: {e}; records are lost until it succeeds"
+                        );
                         return;
                     }
                 }

@@ -177,30 +177,77 @@ mod tests {
     #[test]
     fn accepts_each_header_form() {
         let s = store("");
-        assert_eq!(s.authenticate(&with("authorization", "Bearer alice-secret-1")).unwrap().name.as_ref(), "alice");
-        assert_eq!(s.authenticate(&with("x-api-key", "alice-secret-1")).unwrap().name.as_ref(), "alice");
-        assert_eq!(s.authenticate(&with("x-sluice-key", "alice-secret-1")).unwrap().name.as_ref(), "alice");
+        assert_eq!(
+            s.authenticate(&with("authorization", "Bearer alice-secret-1"))
+                .unwrap()
+                .name
+                .as_ref(),
+            "alice"
+        );
+        assert_eq!(
+            s.authenticate(&with("x-api-key", "alice-secret-1"))
+                .unwrap()
+                .name
+                .as_ref(),
+            "alice"
+        );
+        assert_eq!(
+            s.authenticate(&with("x-sluice-key", "alice-secret-1"))
+                .unwrap()
+                .name
+                .as_ref(),
+            "alice"
+        );
     }
 
     #[test]
     fn refuses_missing_unknown_disabled() {
         let s = store("");
-        assert_eq!(s.authenticate(&HeaderMap::new()).unwrap_err(), AuthError::Missing);
-        assert_eq!(s.authenticate(&with("authorization", "Bearer nope")).unwrap_err(), AuthError::Unknown);
-        assert_eq!(s.authenticate(&with("x-sluice-key", "old-secret-1")).unwrap_err(), AuthError::Disabled("old".into()));
+        assert_eq!(
+            s.authenticate(&HeaderMap::new()).unwrap_err(),
+            AuthError::Missing
+        );
+        assert_eq!(
+            s.authenticate(&with("authorization", "Bearer nope"))
+                .unwrap_err(),
+            AuthError::Unknown
+        );
+        assert_eq!(
+            s.authenticate(&with("x-sluice-key", "old-secret-1"))
+                .unwrap_err(),
+            AuthError::Disabled("old".into())
+        );
     }
 
     #[test]
     fn hashed_keys_match() {
-        let hex: String = hash_key("carol-secret").iter().map(|b| format!("{b:02x}")).collect();
-        let text = format!("listen: [{{address: 127.0.0.1:1}}]\nkeys:\n  - name: carol\n    key_sha256: {hex}\n");
-        let s = KeyStore::from_config(&sluice_conf::parse(Path::new("t.yaml"), &text, &|_| None).unwrap());
-        assert_eq!(s.authenticate(&with("x-api-key", "carol-secret")).unwrap().name.as_ref(), "carol");
+        let hex: String = hash_key("carol-secret")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let text = format!(
+            "listen: [{{address: 127.0.0.1:1}}]\nkeys:\n  - name: carol\n    key_sha256: {hex}\n"
+        );
+        let s = KeyStore::from_config(
+            &sluice_conf::parse(Path::new("t.yaml"), &text, &|_| None).unwrap(),
+        );
+        assert_eq!(
+            s.authenticate(&with("x-api-key", "carol-secret"))
+                .unwrap()
+                .name
+                .as_ref(),
+            "carol"
+        );
     }
 
     #[test]
     fn expired_keys_are_refused() {
-        let s = store("  - name: gone\n    key: gone-secret-1\n    expires_at: 2001-01-01T00:00:00Z\n");
-        assert_eq!(s.authenticate(&with("x-api-key", "gone-secret-1")).unwrap_err(), AuthError::Expired("gone".into()));
+        let s =
+            store("  - name: gone\n    key: gone-secret-1\n    expires_at: 2001-01-01T00:00:00Z\n");
+        assert_eq!(
+            s.authenticate(&with("x-api-key", "gone-secret-1"))
+                .unwrap_err(),
+            AuthError::Expired("gone".into())
+        );
     }
 }

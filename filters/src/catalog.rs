@@ -69,12 +69,15 @@ struct ServerTools {
     tools: Vec<Value>,
 }
 
+/// Catalog versions are unique in the process, not only per store, so a policy compiled
+/// against one store's catalog is never mistaken for another's.
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
 /// Holds the current [`Catalog`] and rebuilds it when an upstream reports new tools.
 #[derive(Debug, Default)]
 pub struct CatalogStore {
     current: ArcSwap<Catalog>,
     servers: Mutex<BTreeMap<Arc<str>, ServerTools>>,
-    version: AtomicU64,
 }
 
 impl CatalogStore {
@@ -111,7 +114,7 @@ impl CatalogStore {
     }
 
     fn publish(&self, servers: &BTreeMap<Arc<str>, ServerTools>) {
-        let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
+        let version = NEXT_VERSION.fetch_add(1, Ordering::Relaxed);
         let mut ordered: Vec<(&Arc<str>, &ServerTools)> = servers.iter().collect();
         ordered.sort_by_key(|(_, s)| s.order);
         let mut catalog = Catalog {

@@ -5,15 +5,15 @@
 //! - [`catalog`], [`naming`]: the merged tool catalog and its names.
 //! - [`upstream`]: clients for upstream MCP servers and their supervisors.
 
+pub mod audit;
+pub mod auth;
 pub mod catalog;
 pub mod jsonrpc;
 pub mod mcp;
+pub mod metrics;
 pub mod naming;
+pub mod policy;
 pub mod protocol;
+pub mod ratelimit;
 pub mod session;
 pub mod upstream;
-pub mod audit;
-pub mod auth;
-pub mod metrics;
-pub mod policy;
-pub mod ratelimit;

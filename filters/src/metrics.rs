@@ -48,37 +48,57 @@ impl Metrics {
         )
         .expect("valid metric");
         let tool_calls = IntCounterVec::new(
-            Opts::new("sluice_tool_calls_total", "tools/call requests by server, tool and outcome (ok, tool_error, error, denied)"),
+            Opts::new(
+                "sluice_tool_calls_total",
+                "tools/call requests by server, tool and outcome (ok, tool_error, error, denied)",
+            ),
             &["server", "tool", "outcome"],
         )
         .expect("valid metric");
         let overhead = HistogramVec::new(
-            HistogramOpts::new("sluice_gateway_overhead_seconds", "Time Sluice adds to a request: total minus upstream time").buckets(BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "sluice_gateway_overhead_seconds",
+                "Time Sluice adds to a request: total minus upstream time",
+            )
+            .buckets(BUCKETS.to_vec()),
             &["route"],
         )
         .expect("valid metric");
         let upstream_duration = HistogramVec::new(
-            HistogramOpts::new("sluice_upstream_duration_seconds", "Time waiting for an upstream MCP server per request").buckets(BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "sluice_upstream_duration_seconds",
+                "Time waiting for an upstream MCP server per request",
+            )
+            .buckets(BUCKETS.to_vec()),
             &["server"],
         )
         .expect("valid metric");
         let upstream_up = IntGaugeVec::new(
-            Opts::new("sluice_upstream_up", "1 when the upstream server is connected and synced"),
+            Opts::new(
+                "sluice_upstream_up",
+                "1 when the upstream server is connected and synced",
+            ),
             &["server"],
         )
         .expect("valid metric");
-        let catalog_tools = IntGauge::new("sluice_catalog_tools", "Tools in the merged catalog").expect("valid metric");
+        let catalog_tools = IntGauge::new("sluice_catalog_tools", "Tools in the merged catalog")
+            .expect("valid metric");
         let active_sessions = IntGauge::new(
             "sluice_active_sessions",
             "MCP sessions opened on this instance and not ended with DELETE (sessions are portable, so this is per instance)",
         )
         .expect("valid metric");
         let rate_limited = IntCounterVec::new(
-            Opts::new("sluice_rate_limited_total", "Requests refused with 429 by a key's rate limit"),
+            Opts::new(
+                "sluice_rate_limited_total",
+                "Requests refused with 429 by a key's rate limit",
+            ),
             &["key"],
         )
         .expect("valid metric");
-        let auth_failures = IntCounter::new("sluice_auth_failures_total", "Requests refused with 401").expect("valid metric");
+        let auth_failures =
+            IntCounter::new("sluice_auth_failures_total", "Requests refused with 401")
+                .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(tool_calls.clone()),
@@ -90,7 +110,9 @@ impl Metrics {
             Box::new(rate_limited.clone()),
             Box::new(auth_failures.clone()),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         Metrics {
             registry,
@@ -107,10 +129,20 @@ impl Metrics {
     }
 
     /// Count a finished HTTP request.
-    pub fn observe_request(&self, route: &str, status: u16, total: Duration, upstream: Option<Duration>) {
-        self.requests.with_label_values(&[route, status_label(status)]).inc();
+    pub fn observe_request(
+        &self,
+        route: &str,
+        status: u16,
+        total: Duration,
+        upstream: Option<Duration>,
+    ) {
+        self.requests
+            .with_label_values(&[route, status_label(status)])
+            .inc();
         let overhead = total.saturating_sub(upstream.unwrap_or_default());
-        self.overhead.with_label_values(&[route]).observe(overhead.as_secs_f64());
+        self.overhead
+            .with_label_values(&[route])
+            .observe(overhead.as_secs_f64());
     }
 
     /// Render every metric in the Prometheus text format, refreshing the gauges first.
@@ -120,7 +152,8 @@ impl Metrics {
                 .with_label_values(&[&*upstream.name])
                 .set(i64::from(upstream.health() == Health::Ready));
         }
-        self.catalog_tools.set(upstreams.catalog().load().len() as i64);
+        self.catalog_tools
+            .set(upstreams.catalog().load().len() as i64);
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!("cannot encode metrics: {e}");

@@ -72,7 +72,11 @@ impl Grants {
         {
             return allowed;
         }
-        let mask = catalog.tools().iter().map(|t| self.matches(&t.exposed_name)).collect();
+        let mask = catalog
+            .tools()
+            .iter()
+            .map(|t| self.matches(&t.exposed_name))
+            .collect();
         let allowed = Arc::new(Allowed {
             catalog_version: catalog.version,
             mask,
@@ -114,10 +118,27 @@ mod tests {
         let text = "listen: [{address: 127.0.0.1:1}]\nmcp:\n  tool_groups:\n    crm_read: [crm__lookup_*]\nkeys:\n  - name: a\n    key: aaaaaaaaaa\n    tools: [docs__search, crm__lookup_customer]\n    tool_groups: [crm_read]\n";
         let config = sluice_conf::parse(std::path::Path::new("t"), text, &|_| None).unwrap();
         let grants = Grants::for_key(&config.keys[0], &config.mcp.tool_groups);
-        assert_eq!(grants.patterns.len(), 3, "duplicates are merged only when identical");
+        assert_eq!(
+            grants.patterns.len(),
+            3,
+            "duplicates are merged only when identical"
+        );
         let store = CatalogStore::new();
-        store.set_server_tools("crm", 0, "crm", vec![json!({"name": "lookup_customer"}), json!({"name": "delete_customer"})]);
-        store.set_server_tools("docs", 1, "docs", vec![json!({"name": "search"}), json!({"name": "write"})]);
+        store.set_server_tools(
+            "crm",
+            0,
+            "crm",
+            vec![
+                json!({"name": "lookup_customer"}),
+                json!({"name": "delete_customer"}),
+            ],
+        );
+        store.set_server_tools(
+            "docs",
+            1,
+            "docs",
+            vec![json!({"name": "search"}), json!({"name": "write"})],
+        );
         let catalog = store.load();
         let allowed = grants.allowed(&catalog);
         let names: Vec<_> = catalog
@@ -128,7 +149,10 @@ mod tests {
             .map(|(_, t)| t.exposed_name.as_str())
             .collect();
         assert_eq!(names, ["crm__lookup_customer", "docs__search"]);
-        assert!(Arc::ptr_eq(&allowed, &grants.allowed(&catalog)), "compiled once per version");
+        assert!(
+            Arc::ptr_eq(&allowed, &grants.allowed(&catalog)),
+            "compiled once per version"
+        );
     }
 
     #[test]

@@ -66,7 +66,10 @@ mod tests {
             assert!(limiter.check("alice", 3).is_ok());
         }
         let wait = limiter.check("alice", 3).unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(20), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
         // Other keys are unaffected.
         assert!(limiter.check("bob", 3).is_ok());
     }

@@ -23,15 +23,24 @@ pub(super) struct ListCache {
 impl ListCache {
     pub fn new(capacity: usize) -> Self {
         ListCache {
-            pages: Mutex::new(LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN))),
+            pages: Mutex::new(LruCache::new(
+                NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
+            )),
         }
     }
 
     pub fn get(&self, key: &PageKey) -> Option<Arc<str>> {
-        self.pages.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+        self.pages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
     }
 
     pub fn put(&self, key: PageKey, page: Arc<str>) {
-        self.pages.lock().unwrap_or_else(|p| p.into_inner()).put(key, page);
+        self.pages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(key, page);
     }
 }

@@ -48,9 +48,18 @@ pub(super) struct Work {
 }
 
 /// `initialize`: Sluice answers as one server and opens a session bound to the caller's key.
-pub(super) fn initialize(endpoint: &McpEndpoint, caller: &KeyEntry, message: &Message<'_>) -> Response {
+pub(super) fn initialize(
+    endpoint: &McpEndpoint,
+    caller: &KeyEntry,
+    message: &Message<'_>,
+) -> Response {
     let Some(id) = message.id else {
-        return Response::refuse(StatusCode::BAD_REQUEST, None, code::INVALID_REQUEST, "`initialize` must be a request with an id");
+        return Response::refuse(
+            StatusCode::BAD_REQUEST,
+            None,
+            code::INVALID_REQUEST,
+            "`initialize` must be a request with an id",
+        );
     };
     #[derive(Deserialize)]
     struct Params<'a> {
@@ -69,7 +78,10 @@ pub(super) fn initialize(endpoint: &McpEndpoint, caller: &KeyEntry, message: &Me
         "instructions": "Sluice aggregates several MCP servers; tool names are `<server>__<tool>`."
     });
     let token = endpoint.sessions.issue(version, &caller.name);
-    let mut response = Response::json(StatusCode::OK, jsonrpc::result_bytes(id, &result.to_string()));
+    let mut response = Response::json(
+        StatusCode::OK,
+        jsonrpc::result_bytes(id, &result.to_string()),
+    );
     if let Ok(value) = HeaderValue::try_from(token) {
         response = response.with_header(session_header(), value);
     }
@@ -77,7 +89,10 @@ pub(super) fn initialize(endpoint: &McpEndpoint, caller: &KeyEntry, message: &Me
 }
 
 /// Every request after `initialize`: the answer's body, and the work to account for.
-pub(super) async fn dispatch(context: &Context<'_>, message: &Message<'_>) -> (Vec<u8>, Option<Work>) {
+pub(super) async fn dispatch(
+    context: &Context<'_>,
+    message: &Message<'_>,
+) -> (Vec<u8>, Option<Work>) {
     let Some(id) = message.id else {
         return (Vec::new(), None);
     };
@@ -90,7 +105,12 @@ pub(super) async fn dispatch(context: &Context<'_>, message: &Message<'_>) -> (V
         }
         "logging/setLevel" => (jsonrpc::result_bytes(id, "{}"), None),
         method => (
-            jsonrpc::error_bytes(Some(id), code::METHOD_NOT_FOUND, &format!("method `{method}` is not supported by Sluice"), None),
+            jsonrpc::error_bytes(
+                Some(id),
+                code::METHOD_NOT_FOUND,
+                &format!("method `{method}` is not supported by Sluice"),
+                None,
+            ),
             None,
         ),
     }
@@ -106,13 +126,25 @@ fn tools_list(context: &Context<'_>, id: &RawValue, params: Option<&RawValue>) -
     let cursor = match params.map(|p| serde_json::from_str::<Params>(p.get())) {
         None => None,
         Some(Ok(p)) => p.cursor,
-        Some(Err(e)) => return jsonrpc::error_bytes(Some(id), code::INVALID_PARAMS, &format!("invalid tools/list params: {e}"), None),
+        Some(Err(e)) => {
+            return jsonrpc::error_bytes(
+                Some(id),
+                code::INVALID_PARAMS,
+                &format!("invalid tools/list params: {e}"),
+                None,
+            );
+        }
     };
     let offset = match cursor.as_deref().map(decode_cursor) {
         None => 0,
         Some(Some(offset)) => offset,
         Some(None) => {
-            return jsonrpc::error_bytes(Some(id), code::INVALID_PARAMS, "invalid cursor; pass the `nextCursor` of the previous page unchanged", None);
+            return jsonrpc::error_bytes(
+                Some(id),
+                code::INVALID_PARAMS,
+                "invalid cursor; pass the `nextCursor` of the previous page unchanged",
+                None,
+            );
         }
     };
     let catalog = context.endpoint.upstreams().catalog().load();
@@ -122,7 +154,10 @@ fn tools_list(context: &Context<'_>, id: &RawValue, params: Option<&RawValue>) -
         catalog_version: catalog.version,
         offset,
     });
-    if let Some(page) = cache_key.as_ref().and_then(|k| context.endpoint.list_cache.get(k)) {
+    if let Some(page) = cache_key
+        .as_ref()
+        .and_then(|k| context.endpoint.list_cache.get(k))
+    {
         return jsonrpc::result_bytes(id, &page);
     }
     let allowed = context.caller.grants.allowed(&catalog);
@@ -165,12 +200,20 @@ fn encode_cursor(offset: usize) -> String {
 
 fn decode_cursor(cursor: &str) -> Option<usize> {
     let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    std::str::from_utf8(&bytes).ok()?.strip_prefix("offset:")?.parse().ok()
+    std::str::from_utf8(&bytes)
+        .ok()?
+        .strip_prefix("offset:")?
+        .parse()
+        .ok()
 }
 
 /// `tools/call`: check the key's grant, find the owning upstream, rename the tool, forward,
 /// pass the answer back unchanged.
-async fn tools_call(context: &Context<'_>, id: &RawValue, params: Option<&RawValue>) -> (Vec<u8>, Work) {
+async fn tools_call(
+    context: &Context<'_>,
+    id: &RawValue,
+    params: Option<&RawValue>,
+) -> (Vec<u8>, Work) {
     #[derive(Deserialize)]
     struct Params<'a> {
         #[serde(borrow)]
@@ -195,11 +238,21 @@ async fn tools_call(context: &Context<'_>, id: &RawValue, params: Option<&RawVal
         (body, work)
     };
     let Some(params) = params else {
-        return fail(work, code::INVALID_PARAMS, "tools/call needs params with the tool `name`".into());
+        return fail(
+            work,
+            code::INVALID_PARAMS,
+            "tools/call needs params with the tool `name`".into(),
+        );
     };
     let params: Params<'_> = match serde_json::from_str(params.get()) {
         Ok(p) => p,
-        Err(e) => return fail(work, code::INVALID_PARAMS, format!("invalid tools/call params: {e}")),
+        Err(e) => {
+            return fail(
+                work,
+                code::INVALID_PARAMS,
+                format!("invalid tools/call params: {e}"),
+            );
+        }
     };
     work.tool = Some(params.name.to_string());
     work.argument_bytes = params.arguments.map_or(0, |a| a.get().len());
@@ -207,12 +260,23 @@ async fn tools_call(context: &Context<'_>, id: &RawValue, params: Option<&RawVal
     if let Some(args) = params.arguments
         && !args.get().trim_start().starts_with('{')
     {
-        return fail(work, code::INVALID_PARAMS, "tools/call `arguments` must be an object".into());
+        return fail(
+            work,
+            code::INVALID_PARAMS,
+            "tools/call `arguments` must be an object".into(),
+        );
     }
     let catalog = context.endpoint.upstreams().catalog().load();
     let allowed = context.caller.grants.allowed(&catalog);
     let Some((index, tool)) = catalog.find(&params.name) else {
-        return fail(work, code::INVALID_PARAMS, format!("unknown tool `{}`; call tools/list for the tools available", params.name));
+        return fail(
+            work,
+            code::INVALID_PARAMS,
+            format!(
+                "unknown tool `{}`; call tools/list for the tools available",
+                params.name
+            ),
+        );
     };
     work.server = Some(tool.server.clone());
     if !context.may_use(index, &tool.exposed_name, &allowed) {
@@ -220,11 +284,21 @@ async fn tools_call(context: &Context<'_>, id: &RawValue, params: Option<&RawVal
         return fail(
             work,
             code::INVALID_PARAMS,
-            format!("tool `{}` is not granted to key `{}`; ask the gateway's operator to add it to the key or one of its tool groups", params.name, context.caller.name),
+            format!(
+                "tool `{}` is not granted to key `{}`; ask the gateway's operator to add it to the key or one of its tool groups",
+                params.name, context.caller.name
+            ),
         );
     }
     let Some(upstream) = context.endpoint.upstreams().get(&tool.server) else {
-        return fail(work, code::INTERNAL_ERROR, format!("tool `{}` belongs to a server that is no longer configured", params.name));
+        return fail(
+            work,
+            code::INTERNAL_ERROR,
+            format!(
+                "tool `{}` belongs to a server that is no longer configured",
+                params.name
+            ),
+        );
     };
     let forwarded = forward_params(&tool.upstream_name, params.arguments, params.meta);
     let started = Instant::now();
@@ -232,7 +306,11 @@ async fn tools_call(context: &Context<'_>, id: &RawValue, params: Option<&RawVal
     work.upstream_time = Some(started.elapsed());
     match outcome {
         Ok(Outcome::Result(result)) => {
-            work.status = if is_error_result(&result) { "tool_error" } else { "ok" };
+            work.status = if is_error_result(&result) {
+                "tool_error"
+            } else {
+                "ok"
+            };
             (jsonrpc::result_bytes(id, result.get()), work)
         }
         Ok(Outcome::Error(error)) => {
@@ -241,7 +319,12 @@ async fn tools_call(context: &Context<'_>, id: &RawValue, params: Option<&RawVal
         }
         Err(e) => {
             let message = e.to_string();
-            let body = jsonrpc::error_bytes(Some(id), code::INTERNAL_ERROR, &message, Some(&serde_json::json!({ "server": e.server() })));
+            let body = jsonrpc::error_bytes(
+                Some(id),
+                code::INTERNAL_ERROR,
+                &message,
+                Some(&serde_json::json!({ "server": e.server() })),
+            );
             work.error = Some(message);
             (body, work)
         }
@@ -260,8 +343,13 @@ fn is_error_result(result: &RawValue) -> bool {
 
 /// The params sent upstream: the upstream's tool name, the caller's arguments and `_meta` as
 /// they came.
-fn forward_params(upstream_name: &str, arguments: Option<&RawValue>, meta: Option<&RawValue>) -> Box<RawValue> {
-    let mut out = String::with_capacity(32 + upstream_name.len() + arguments.map_or(0, |a| a.get().len()));
+pub fn forward_params(
+    upstream_name: &str,
+    arguments: Option<&RawValue>,
+    meta: Option<&RawValue>,
+) -> Box<RawValue> {
+    let mut out =
+        String::with_capacity(32 + upstream_name.len() + arguments.map_or(0, |a| a.get().len()));
     out.push_str("{\"name\":");
     out.push_str(&serde_json::Value::from(upstream_name).to_string());
     if let Some(arguments) = arguments {
@@ -275,7 +363,8 @@ fn forward_params(upstream_name: &str, arguments: Option<&RawValue>, meta: Optio
     out.push('}');
     // Built from valid JSON parts, so this cannot fail; fall back to a bare name regardless.
     RawValue::from_string(out).unwrap_or_else(|_| {
-        serde_json::value::to_raw_value(&serde_json::json!({ "name": upstream_name })).unwrap_or_default()
+        serde_json::value::to_raw_value(&serde_json::json!({ "name": upstream_name }))
+            .unwrap_or_default()
     })
 }
 
@@ -300,7 +389,8 @@ mod tests {
     fn reads_is_error() {
         let r = RawValue::from_string(r#"{"content":[],"isError":true}"#.into()).unwrap();
         assert!(is_error_result(&r));
-        let r = RawValue::from_string(r#"{"content":[{"type":"text","text":"x"}]}"#.into()).unwrap();
+        let r =
+            RawValue::from_string(r#"{"content":[{"type":"text","text":"x"}]}"#.into()).unwrap();
         assert!(!is_error_result(&r));
     }
 }

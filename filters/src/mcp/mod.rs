@@ -26,6 +26,7 @@ use arc_swap::ArcSwap;
 use sluice_conf::Config;
 
 pub use self::http::{Request, Response};
+pub use self::methods::forward_params;
 use crate::audit::{AuditLog, AuditRecord, now_rfc3339};
 use crate::auth::{KeyEntry, KeyStore};
 use crate::jsonrpc::{self, code};
@@ -79,7 +80,12 @@ pub struct McpEndpoint {
 }
 
 impl McpEndpoint {
-    pub fn new(config: &Config, services: Services, session_secret: &[u8], session_ttl: Duration) -> Self {
+    pub fn new(
+        config: &Config,
+        services: Services,
+        session_secret: &[u8],
+        session_ttl: Duration,
+    ) -> Self {
         McpEndpoint {
             policy: ArcSwap::from_pointee(Policy::from_config(config, 1)),
             versions: AtomicU64::new(1),
@@ -93,7 +99,8 @@ impl McpEndpoint {
     /// next request; requests in flight finish under the policy they started with.
     pub fn reload(&self, config: &Config) {
         let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
-        self.policy.store(Arc::new(Policy::from_config(config, version)));
+        self.policy
+            .store(Arc::new(Policy::from_config(config, version)));
     }
 
     /// The largest body the proxy should read.
@@ -135,28 +142,51 @@ impl McpEndpoint {
         let is_delete = match *request.method {
             Method::POST => false,
             Method::DELETE => true,
-            Method::GET => return Err(method_not_allowed("Sluice does not offer a server-to-client stream on GET yet; use POST")),
-            _ => return Err(method_not_allowed("`/mcp` takes POST (and DELETE to end a session)")),
+            Method::GET => {
+                return Err(method_not_allowed(
+                    "Sluice does not offer a server-to-client stream on GET yet; use POST",
+                ));
+            }
+            _ => {
+                return Err(method_not_allowed(
+                    "`/mcp` takes POST (and DELETE to end a session)",
+                ));
+            }
         };
 
         // 2. authentication
         let caller = policy.keys.authenticate(request.headers).map_err(|e| {
             self.services.metrics.auth_failures.inc();
-            Response::refuse(StatusCode::UNAUTHORIZED, None, code::INVALID_REQUEST, &e.to_string())
-                .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sluice\""))
+            Response::refuse(
+                StatusCode::UNAUTHORIZED,
+                None,
+                code::INVALID_REQUEST,
+                &e.to_string(),
+            )
+            .with_header(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sluice\""),
+            )
         })?;
 
         // 3. rate limit
         if let Some(rpm) = caller.requests_per_minute
             && let Err(wait) = self.services.rate_limiter.check(&caller.name, rpm)
         {
-            self.services.metrics.rate_limited.with_label_values(&[&caller.name]).inc();
+            self.services
+                .metrics
+                .rate_limited
+                .with_label_values(&[&caller.name])
+                .inc();
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
             return Err(Response::refuse(
                 StatusCode::TOO_MANY_REQUESTS,
                 None,
                 code::INVALID_REQUEST,
-                &format!("key `{}` is over its limit of {rpm} requests per minute; retry in {seconds} s", caller.name),
+                &format!(
+                    "key `{}` is over its limit of {rpm} requests per minute; retry in {seconds} s",
+                    caller.name
+                ),
             )
             .with_header(RETRY_AFTER, HeaderValue::from(seconds)));
         }
@@ -171,8 +201,9 @@ impl McpEndpoint {
         transport::check_protocol_version(request.headers)?;
 
         // 4. JSON-RPC
-        let message = jsonrpc::parse(request.body)
-            .map_err(|e| Response::refuse(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string()))?;
+        let message = jsonrpc::parse(request.body).map_err(|e| {
+            Response::refuse(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string())
+        })?;
 
         // 5. session
         if message.method == Some("initialize") {
@@ -224,23 +255,45 @@ impl McpEndpoint {
     }
 
     /// Record work done (a tool call) in the audit log and the metrics.
-    fn account(&self, caller: &KeyEntry, message: &jsonrpc::Message<'_>, session_id: &HeaderValue, work: methods::Work, started: Instant) {
+    fn account(
+        &self,
+        caller: &KeyEntry,
+        message: &jsonrpc::Message<'_>,
+        session_id: &HeaderValue,
+        work: methods::Work,
+        started: Instant,
+    ) {
         let server = work.server.as_deref().unwrap_or("-");
         let tool = work.tool.as_deref().unwrap_or("-");
-        self.services.metrics.tool_calls.with_label_values(&[server, tool, work.status]).inc();
+        self.services
+            .metrics
+            .tool_calls
+            .with_label_values(&[server, tool, work.status])
+            .inc();
         if let (Some(server), Some(elapsed)) = (&work.server, work.upstream_time) {
-            self.services.metrics.upstream_duration.with_label_values(&[server]).observe(elapsed.as_secs_f64());
+            self.services
+                .metrics
+                .upstream_duration
+                .with_label_values(&[server])
+                .observe(elapsed.as_secs_f64());
         }
         self.services.audit.record(AuditRecord {
             time: now_rfc3339(),
-            request_id: message.id.map(|id| id.get().to_string()).unwrap_or_default(),
+            request_id: message
+                .id
+                .map(|id| id.get().to_string())
+                .unwrap_or_default(),
             session: session_fingerprint(session_id.as_bytes()),
             key: caller.name.to_string(),
             method: message.method.unwrap_or_default().to_string(),
             server: work.server.map(|s| s.to_string()),
             tool: work.tool,
             argument_bytes: work.argument_bytes,
-            arguments: if self.services.audit.include_arguments() { work.arguments } else { None },
+            arguments: if self.services.audit.include_arguments() {
+                work.arguments
+            } else {
+                None
+            },
             status: work.status,
             error: work.error,
             upstream_ms: work.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
@@ -259,22 +312,43 @@ impl McpEndpoint {
     }
 
     fn delete_session(&self, headers: &HeaderMap) -> Response {
-        let Some(token) = headers.get(transport::SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
-            return Response::refuse(StatusCode::BAD_REQUEST, None, code::INVALID_REQUEST, "DELETE needs the Mcp-Session-Id header of the session to end");
+        let Some(token) = headers
+            .get(transport::SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Response::refuse(
+                StatusCode::BAD_REQUEST,
+                None,
+                code::INVALID_REQUEST,
+                "DELETE needs the Mcp-Session-Id header of the session to end",
+            );
         };
         match self.sessions.delete(token) {
             Ok(()) => {
                 self.services.metrics.active_sessions.dec();
                 Response::empty(StatusCode::OK)
             }
-            Err(e) => Response::refuse(StatusCode::NOT_FOUND, None, code::INVALID_REQUEST, &format!("unknown session: {e}")),
+            Err(e) => Response::refuse(
+                StatusCode::NOT_FOUND,
+                None,
+                code::INVALID_REQUEST,
+                &format!("unknown session: {e}"),
+            ),
         }
     }
 }
 
 fn method_not_allowed(message: &str) -> Response {
-    Response::refuse(StatusCode::METHOD_NOT_ALLOWED, None, code::INVALID_REQUEST, message)
-        .with_header(::http::header::ALLOW, HeaderValue::from_static("POST, DELETE"))
+    Response::refuse(
+        StatusCode::METHOD_NOT_ALLOWED,
+        None,
+        code::INVALID_REQUEST,
+        message,
+    )
+    .with_header(
+        ::http::header::ALLOW,
+        HeaderValue::from_static("POST, DELETE"),
+    )
 }
 
 /// A short, stable, non-reversible name for a session in logs.

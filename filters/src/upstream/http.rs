@@ -65,9 +65,14 @@ impl HttpConnection {
                 server: server.clone(),
                 detail: format!("cannot read `ca_file` {}: {e}", ca_file.display()),
             })?;
-            let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| UpstreamError::Connect {
-                server: server.clone(),
-                detail: format!("`ca_file` {} holds no valid PEM certificates: {e}", ca_file.display()),
+            let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                UpstreamError::Connect {
+                    server: server.clone(),
+                    detail: format!(
+                        "`ca_file` {} holds no valid PEM certificates: {e}",
+                        ca_file.display()
+                    ),
+                }
             })?;
             for root in roots {
                 builder = builder.add_root_certificate(root);
