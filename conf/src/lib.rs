@@ -66,10 +66,11 @@ pub fn parse(
     })?;
     // Deserialize from the text for serde_yaml's line numbers on type errors, then again from
     // the substituted value for the real content.
-    if let Err(e) = serde_yaml::from_str::<Config>(text) {
-        if e.location().is_some() && !text.contains("${") {
-            return Err(error(e.location().map(|l| l.line()), yaml_message(&e)));
-        }
+    if let Err(e) = serde_yaml::from_str::<Config>(text)
+        && e.location().is_some()
+        && !text.contains("${")
+    {
+        return Err(error(e.location().map(|l| l.line()), yaml_message(&e)));
     }
     let config: Config = serde_yaml::from_value(value).map_err(|e| {
         let line = e
@@ -118,7 +119,10 @@ fn validate(config: &Config, text: &str) -> Result<(), (Option<usize>, String)> 
         {
             return Err((
                 line_of(text, "min_version"),
-                format!("`min_version` is `{}`; use \"1.2\" or \"1.3\"", tls.min_version),
+                format!(
+                    "`min_version` is `{}`; use \"1.2\" or \"1.3\"",
+                    tls.min_version
+                ),
             ));
         }
     }
@@ -216,9 +220,12 @@ fn validate(config: &Config, text: &str) -> Result<(), (Option<usize>, String)> 
 }
 
 fn validate_keys(config: &Config, text: &str) -> Result<(), (Option<usize>, String)> {
-    for (group, _) in &config.mcp.tool_groups {
+    for group in config.mcp.tool_groups.keys() {
         if group.is_empty() {
-            return Err((line_of(text, "tool_groups"), "a tool group needs a name".into()));
+            return Err((
+                line_of(text, "tool_groups"),
+                "a tool group needs a name".into(),
+            ));
         }
     }
     let mut names = HashSet::new();
@@ -228,20 +235,49 @@ fn validate_keys(config: &Config, text: &str) -> Result<(), (Option<usize>, Stri
             return Err((line_of(text, "keys"), "every key needs a `name`".into()));
         }
         if !names.insert(key.name.as_str()) {
-            return Err((at, format!("key name `{}` is used twice; names must be unique", key.name)));
+            return Err((
+                at,
+                format!(
+                    "key name `{}` is used twice; names must be unique",
+                    key.name
+                ),
+            ));
         }
         match (&key.key, &key.key_sha256) {
             (None, None) => {
-                return Err((at, format!("key `{}` needs `key: ${{SOME_VAR}}` or `key_sha256: <64 hex digits>`", key.name)));
+                return Err((
+                    at,
+                    format!(
+                        "key `{}` needs `key: ${{SOME_VAR}}` or `key_sha256: <64 hex digits>`",
+                        key.name
+                    ),
+                ));
             }
             (Some(_), Some(_)) => {
-                return Err((at, format!("key `{}` has both `key` and `key_sha256`; keep one", key.name)));
+                return Err((
+                    at,
+                    format!(
+                        "key `{}` has both `key` and `key_sha256`; keep one",
+                        key.name
+                    ),
+                ));
             }
             (Some(secret), None) if secret.len() < 8 => {
-                return Err((at, format!("key `{}` is shorter than 8 characters; use a long random secret", key.name)));
+                return Err((
+                    at,
+                    format!(
+                        "key `{}` is shorter than 8 characters; use a long random secret",
+                        key.name
+                    ),
+                ));
             }
-            (None, Some(hash)) if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                return Err((line_of(text, hash).or(at), format!("`key_sha256` of key `{}` must be 64 hex digits", key.name)));
+            (None, Some(hash))
+                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                return Err((
+                    line_of(text, hash).or(at),
+                    format!("`key_sha256` of key `{}` must be 64 hex digits", key.name),
+                ));
             }
             _ => {}
         }
@@ -249,22 +285,34 @@ fn validate_keys(config: &Config, text: &str) -> Result<(), (Option<usize>, Stri
             if !config.mcp.tool_groups.contains_key(group) {
                 return Err((
                     line_of(text, group).or(at),
-                    format!("key `{}` names tool group `{group}`, which `mcp.tool_groups` does not define", key.name),
+                    format!(
+                        "key `{}` names tool group `{group}`, which `mcp.tool_groups` does not define",
+                        key.name
+                    ),
                 ));
             }
         }
-        if let Some(expiry) = &key.expires_at {
-            if humantime::parse_rfc3339_weak(expiry).is_err() {
-                return Err((
-                    line_of(text, expiry).or(at),
-                    format!("`expires_at` of key `{}` must be an RFC 3339 time such as 2027-01-31T00:00:00Z", key.name),
-                ));
-            }
+        if let Some(expiry) = &key.expires_at
+            && humantime::parse_rfc3339_weak(expiry).is_err()
+        {
+            return Err((
+                line_of(text, expiry).or(at),
+                format!(
+                    "`expires_at` of key `{}` must be an RFC 3339 time such as 2027-01-31T00:00:00Z",
+                    key.name
+                ),
+            ));
         }
-        if let Some(limit) = &key.rate_limit {
-            if limit.requests_per_minute == Some(0) {
-                return Err((at, format!("`requests_per_minute` of key `{}` must be at least 1 (remove it for no limit)", key.name)));
-            }
+        if let Some(limit) = &key.rate_limit
+            && limit.requests_per_minute == Some(0)
+        {
+            return Err((
+                at,
+                format!(
+                    "`requests_per_minute` of key `{}` must be at least 1 (remove it for no limit)",
+                    key.name
+                ),
+            ));
         }
     }
     Ok(())
@@ -326,7 +374,8 @@ mod tests {
     fn keys_are_checked() {
         let err = parse_str("listen: [{address: 127.0.0.1:1}]\nkeys:\n  - name: alice\n    key: ${TOKEN}xxxxxxxx\n    tool_groups: [missing]\n").unwrap_err();
         assert!(err.message.contains("missing"), "{err}");
-        let err = parse_str("listen: [{address: 127.0.0.1:1}]\nkeys:\n  - name: bob\n").unwrap_err();
+        let err =
+            parse_str("listen: [{address: 127.0.0.1:1}]\nkeys:\n  - name: bob\n").unwrap_err();
         assert!(err.message.contains("key_sha256"), "{err}");
         let ok = parse_str("listen: [{address: 127.0.0.1:1}]\nmcp:\n  tool_groups:\n    ro: [a__*]\nkeys:\n  - name: alice\n    key: ${TOKEN}xxxxxxxx\n    tool_groups: [ro]\n    expires_at: 2030-01-01T00:00:00Z\n").unwrap();
         assert_eq!(ok.keys[0].key.as_deref(), Some("t0kxxxxxxxx"));
