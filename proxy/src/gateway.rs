@@ -112,11 +112,19 @@ impl ProxyHttp for Gateway {
     }
 
     /// Count the request once it is done.
-    async fn logging(&self, session: &mut Session, _error: Option<&pingora::Error>, ctx: &mut Self::CTX) {
+    async fn logging(
+        &self,
+        session: &mut Session,
+        _error: Option<&pingora::Error>,
+        ctx: &mut Self::CTX,
+    ) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        self.mcp
-            .metrics()
-            .observe_request(ctx.route.label(), status, ctx.started.elapsed(), ctx.upstream_time);
+        self.mcp.metrics().observe_request(
+            ctx.route.label(),
+            status,
+            ctx.started.elapsed(),
+            ctx.upstream_time,
+        );
     }
 
     /// No route proxies to a peer yet.

@@ -10,8 +10,8 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
-use sluice_filters::catalog::CatalogStore;
 use sluice_filters::audit::AuditLog;
+use sluice_filters::catalog::CatalogStore;
 use sluice_filters::mcp::{McpEndpoint, Services};
 use sluice_filters::metrics::Metrics;
 use sluice_filters::ratelimit::LocalRateLimiter;
@@ -63,7 +63,12 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         metrics: metrics.clone(),
         rate_limiter: Arc::new(LocalRateLimiter::new()),
     };
-    let mcp = Arc::new(McpEndpoint::new(&config, services, &session_secret(), config.mcp.session_ttl));
+    let mcp = Arc::new(McpEndpoint::new(
+        &config,
+        services,
+        &session_secret(),
+        config.mcp.session_ttl,
+    ));
 
     let mut gateway = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -86,11 +91,17 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
                 certificates.push(certificate);
             }
         }
-        let scheme = if listener.tls.is_some() { "https" } else { "http" };
+        let scheme = if listener.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         tracing::info!("serving MCP on {scheme}://{address}/mcp");
     }
     if !certificates.is_empty() {
-        gateway.endpoints().set_pre_tls_callback(Arc::new(PlainHttpRefusal));
+        gateway
+            .endpoints()
+            .set_pre_tls_callback(Arc::new(PlainHttpRefusal));
     }
     server.add_service(gateway);
 
@@ -98,7 +109,10 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         let app = Admin::new(upstreams.clone(), metrics);
         let mut service = Service::new("sluice admin".to_string(), HttpServer::new_app(app));
         service.add_tcp(&admin.address.to_string());
-        tracing::info!("admin on http://{}/ (healthz, readyz, metrics)", admin.address);
+        tracing::info!(
+            "admin on http://{}/ (healthz, readyz, metrics)",
+            admin.address
+        );
         server.add_service(service);
     }
 
@@ -130,8 +144,13 @@ impl Control {
     fn reload(&self) {
         for certificate in &self.certificates {
             match certificate.reload() {
-                Ok(()) => tracing::info!("TLS certificate {} reloaded", certificate.cert_path().display()),
-                Err(e) => tracing::error!("TLS certificate reload refused, the current one is kept: {e}"),
+                Ok(()) => tracing::info!(
+                    "TLS certificate {} reloaded",
+                    certificate.cert_path().display()
+                ),
+                Err(e) => {
+                    tracing::error!("TLS certificate reload refused, the current one is kept: {e}")
+                }
             }
         }
         match sluice_conf::load(&self.config_path) {
@@ -163,7 +182,10 @@ impl BackgroundService for Control {
         loop {
             tokio::select! {
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => self.reload(),
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    self.upstreams.stop();
+                    return;
+                }
             }
         }
     }

@@ -8,10 +8,10 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{PreTlsProcess, TlsAccept};
-use pingora::tls::ssl::SslRef as TlsRef;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::tls::ext;
 use pingora::tls::pkey::{PKey, Private};
+use pingora::tls::ssl::SslRef as TlsRef;
 use pingora::tls::ssl::SslVersion;
 use pingora::tls::x509::X509;
 use sluice_conf::Tls;
@@ -21,7 +21,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read TLS file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("TLS file {path} holds no valid PEM {what}: {detail}")]
     Parse {
         path: PathBuf,
@@ -137,9 +140,16 @@ impl TlsAccept for CertificateCallback {
         };
         let result = ext::ssl_use_certificate(ssl, leaf)
             .and_then(|()| ext::ssl_use_private_key(ssl, &identity.key))
-            .and_then(|()| intermediates.iter().try_for_each(|c| ext::ssl_add_chain_cert(ssl, c)));
+            .and_then(|()| {
+                intermediates
+                    .iter()
+                    .try_for_each(|c| ext::ssl_add_chain_cert(ssl, c))
+            });
         if let Err(e) = result {
-            tracing::error!("cannot use the TLS certificate {}: {e}", self.0.cert_path.display());
+            tracing::error!(
+                "cannot use the TLS certificate {}: {e}",
+                self.0.cert_path.display()
+            );
         }
     }
 }
@@ -169,6 +179,9 @@ impl PreTlsProcess for PlainHttpRefusal {
         );
         let _ = stream.write_all(response.as_bytes()).await;
         let _ = stream.flush().await;
-        pingora::Error::e_explain(pingora::ErrorType::InvalidHTTPHeader, "plain HTTP on a TLS port")
+        pingora::Error::e_explain(
+            pingora::ErrorType::InvalidHTTPHeader,
+            "plain HTTP on a TLS port",
+        )
     }
 }

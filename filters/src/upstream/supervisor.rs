@@ -15,6 +15,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use sluice_conf::{McpServer, Transport};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::http::HttpConnection;
 use super::stdio::StdioConnection;
@@ -268,6 +269,7 @@ impl Upstream {
 pub struct Upstreams {
     servers: Vec<Arc<Upstream>>,
     catalog: Arc<CatalogStore>,
+    stopping: CancellationToken,
 }
 
 impl Upstreams {
@@ -277,13 +279,33 @@ impl Upstreams {
             .enumerate()
             .map(|(i, c)| Arc::new(Upstream::new(c.clone(), i)))
             .collect();
-        Upstreams { servers, catalog }
+        Upstreams {
+            servers,
+            catalog,
+            stopping: CancellationToken::new(),
+        }
     }
 
     /// Start one supervisor task per server on the current runtime.
     pub fn start(&self) {
         for server in &self.servers {
-            tokio::spawn(server.clone().supervise(self.catalog.clone()));
+            let supervise = server.clone().supervise(self.catalog.clone());
+            let stopping = self.stopping.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = supervise => {}
+                    () = stopping.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    /// Stop supervising (shutdown): nothing is restarted any more, and each stdio child is
+    /// stopped once the calls still holding its connection are done.
+    pub fn stop(&self) {
+        self.stopping.cancel();
+        for server in &self.servers {
+            server.connection.store(None);
         }
     }
 
