@@ -31,6 +31,13 @@ pub struct HttpConnection {
     next_id: AtomicU64,
 }
 
+/// What an answer says about our upstream session.
+enum SessionCheck {
+    Gone(String),
+    Alive(Box<reqwest::Response>),
+    Failed(UpstreamError),
+}
+
 #[derive(Clone)]
 struct UpstreamSession {
     id: Option<HeaderValue>,
@@ -162,13 +169,18 @@ impl HttpConnection {
                 let response = self
                     .post(request_bytes(id, method, params), Some(&session))
                     .await?;
-                if response.status() == reqwest::StatusCode::NOT_FOUND
-                    && session.id.is_some()
-                    && attempt == 0
-                {
-                    tracing::info!(server = %self.server, "upstream session expired; initializing again");
-                    self.initialize().await?;
-                    continue;
+                if session.id.is_some() && attempt == 0 {
+                    match self.session_gone(response).await {
+                        SessionCheck::Gone(reason) => {
+                            tracing::info!(server = %self.server, "upstream session is gone ({reason}); initializing again");
+                            self.initialize().await?;
+                            continue;
+                        }
+                        SessionCheck::Alive(response) => {
+                            return self.read_answer(*response, id).await;
+                        }
+                        SessionCheck::Failed(error) => return Err(error),
+                    }
                 }
                 return self.read_answer(response, id).await;
             }
@@ -180,6 +192,31 @@ impl HttpConnection {
                 server: self.server.clone(),
                 timeout: self.timeout,
             })?
+    }
+
+    /// Whether the upstream forgot our session: 404 per the specification, or a 400 that says
+    /// so (the reference TypeScript servers answer an unknown session id with 400 "No valid
+    /// session ID provided").
+    async fn session_gone(&self, response: reqwest::Response) -> SessionCheck {
+        match response.status() {
+            reqwest::StatusCode::NOT_FOUND => SessionCheck::Gone("HTTP 404".into()),
+            reqwest::StatusCode::BAD_REQUEST => {
+                let body = response.text().await.unwrap_or_default();
+                if body.to_ascii_lowercase().contains("session") {
+                    SessionCheck::Gone(format!(
+                        "HTTP 400: {}",
+                        body.chars().take(120).collect::<String>()
+                    ))
+                } else {
+                    SessionCheck::Failed(UpstreamError::Http {
+                        server: self.server.clone(),
+                        status: 400,
+                        detail: body.chars().take(200).collect(),
+                    })
+                }
+            }
+            _ => SessionCheck::Alive(Box::new(response)),
+        }
     }
 
     async fn post(
