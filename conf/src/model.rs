@@ -285,7 +285,8 @@ pub struct HttpTransport {
     /// Extra headers sent to the upstream (its own credentials, typically from `${VAR}`).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Idle keep-alive connections kept per upstream.
+    /// Idle keep-alive connections kept per upstream. Keep it at least as large as the number
+    /// of calls in flight to this server at peak, or connections are closed and reopened.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
     /// For `https://` URLs: a PEM file of CA certificates to trust for this server, in addition
@@ -295,5 +296,5 @@ pub struct HttpTransport {
 }
 
 fn default_pool_size() -> usize {
-    32
+    256
 }

@@ -1,24 +1,30 @@
 //! The audit log: one JSON line per MCP request that does work (`tools/call`, later
 //! `resources/read` and `prompts/get`).
 //!
-//! Records are handed to a writer thread over a channel, so the request path never waits for
-//! the disk. The writer flushes whenever the queue runs empty, rotates by size, and on
+//! Records are queued in memory and written by a writer thread that wakes every
+//! [`FLUSH_INTERVAL`] (or when the queue fills up), so the request path never waits for the disk
+//! and never wakes a thread per record: at thousands of calls per second a wake-up per record
+//! cost more than the rest of the audit work together. The writer rotates by size, and
 //! [`AuditLog::close`] drains everything before returning, so a clean shutdown loses nothing.
 //! Records name keys by their configured name; key material never reaches the log.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use serde::Serialize;
 use sluice_conf::Audit as AuditConfig;
 
-/// Records waiting for the writer; beyond this, records are dropped and counted, rather than
-/// slowing requests down.
-const QUEUE: usize = 65_536;
+/// How long a record may wait in memory before it is written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// Queue length that wakes the writer early.
+const HIGH_WATER: usize = 4096;
+/// Beyond this many queued records (the disk cannot keep up), records are dropped and counted
+/// rather than slowing requests down or growing without bound.
+const QUEUE_LIMIT: usize = 262_144;
 
 /// One audited request.
 #[derive(Debug, Serialize)]
@@ -52,9 +58,30 @@ pub struct AuditError {
     pub source: std::io::Error,
 }
 
+/// Records waiting for the writer.
+#[derive(Default)]
+struct Queue {
+    records: Vec<AuditRecord>,
+    closed: bool,
+    dropped: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Handle to the audit writer.
 pub struct AuditLog {
-    sender: Mutex<Option<SyncSender<AuditRecord>>>,
+    /// `None` when auditing is off.
+    shared: Option<Arc<Shared>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     include_arguments: bool,
 }
@@ -64,27 +91,30 @@ impl AuditLog {
     pub fn open(config: &AuditConfig) -> Result<Self, AuditError> {
         let Some(path) = config.path.clone() else {
             return Ok(AuditLog {
-                sender: Mutex::new(None),
+                shared: None,
                 writer: Mutex::new(None),
                 include_arguments: false,
             });
         };
         let file = open_append(&path)?;
-        let (tx, rx) = sync_channel(QUEUE);
+        let shared = Arc::new(Shared::default());
         let rotation = Rotation {
             path,
             max_bytes: config.max_bytes,
             max_files: config.max_files,
         };
-        let writer = std::thread::Builder::new()
-            .name("sluice-audit".into())
-            .spawn(move || write_loop(rx, file, rotation))
-            .map_err(|source| AuditError {
-                path: PathBuf::from("<thread>"),
-                source,
-            })?;
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("sluice-audit".into())
+                .spawn(move || write_loop(&shared, file, rotation))
+                .map_err(|source| AuditError {
+                    path: PathBuf::from("<thread>"),
+                    source,
+                })?
+        };
         Ok(AuditLog {
-            sender: Mutex::new(Some(tx)),
+            shared: Some(shared),
             writer: Mutex::new(Some(writer)),
             include_arguments: config.include_arguments,
         })
@@ -95,23 +125,28 @@ impl AuditLog {
         self.include_arguments
     }
 
-    /// Queue a record; never blocks the caller.
+    /// Queue a record; never blocks on the disk.
     pub fn record(&self, record: AuditRecord) {
-        let sender = self
-            .sender
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(sender) = sender
-            && sender.try_send(record).is_err()
-        {
-            tracing::error!("audit queue is full; a record was dropped");
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let mut queue = shared.lock();
+        if queue.closed || queue.records.len() >= QUEUE_LIMIT {
+            queue.dropped += 1;
+            return;
+        }
+        queue.records.push(record);
+        if queue.records.len() == HIGH_WATER {
+            shared.wake.notify_one();
         }
     }
 
     /// Write every queued record and stop the writer.
     pub fn close(&self) {
-        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(shared) = &self.shared {
+            shared.lock().closed = true;
+            shared.wake.notify_one();
+        }
         if let Some(writer) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = writer.join();
         }
@@ -141,13 +176,27 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
         })
 }
 
-fn write_loop(rx: Receiver<AuditRecord>, file: File, rotation: Rotation) {
+fn write_loop(shared: &Shared, file: File, rotation: Rotation) {
     let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut out = BufWriter::new(file);
-    // Block for the next record; then drain what is queued; flush when the queue is empty.
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(record) = next {
+    let mut out = BufWriter::with_capacity(256 * 1024, file);
+    let mut batch = Vec::new();
+    loop {
+        let (closed, dropped) = {
+            let mut queue = shared.lock();
+            if !queue.closed && queue.records.len() < HIGH_WATER {
+                queue = shared
+                    .wake
+                    .wait_timeout(queue, FLUSH_INTERVAL)
+                    .map(|(q, _)| q)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            std::mem::swap(&mut batch, &mut queue.records);
+            (queue.closed, std::mem::take(&mut queue.dropped))
+        };
+        if dropped > 0 {
+            tracing::error!("the audit log could not keep up: {dropped} records were dropped");
+        }
+        for record in batch.drain(..) {
             match serde_json::to_vec(&record) {
                 Ok(mut line) => {
                     line.push(b'\n');
@@ -161,28 +210,24 @@ fn write_loop(rx: Receiver<AuditRecord>, file: File, rotation: Rotation) {
             if size >= rotation.max_bytes {
                 match rotate(out, &rotation) {
                     Ok(file) => {
-                        out = BufWriter::new(file);
+                        out = BufWriter::with_capacity(256 * 1024, file);
                         size = 0;
                     }
                     Err(e) => {
-                        tracing::error!(
-                            "audit log rotation failed: {e}; records are lost until it succeeds"
-                        );
+                        tracing::error!("audit log rotation failed: {e}; auditing stops");
                         return;
                     }
                 }
             }
-            next = match rx.try_recv() {
-                Ok(record) => Some(record),
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => None,
-            };
         }
         if let Err(e) = out.flush() {
             tracing::error!("audit log flush failed: {e}");
         }
+        if closed {
+            let _ = out.get_ref().sync_all();
+            return;
+        }
     }
-    let _ = out.flush();
-    let _ = out.get_ref().sync_all();
 }
 
 /// `audit.jsonl` → `audit.jsonl.1` → ... → `audit.jsonl.N` (dropped), then a fresh file.

@@ -23,7 +23,7 @@ const PROTOCOL_HEADER: &str = "mcp-protocol-version";
 /// One Streamable HTTP upstream.
 pub struct HttpConnection {
     server: Arc<str>,
-    url: String,
+    url: reqwest::Url,
     client: reqwest::Client,
     timeout: Duration,
     /// The upstream's session id and negotiated protocol version, once initialized.
@@ -66,6 +66,10 @@ impl HttpConnection {
             };
             headers.insert(name, value);
         }
+        let url = reqwest::Url::parse(&config.url).map_err(|e| UpstreamError::Connect {
+            server: server.clone(),
+            detail: format!("invalid url `{}`: {e}", config.url),
+        })?;
         let mut builder = reqwest::Client::builder();
         if let Some(ca_file) = &config.ca_file {
             let pem = std::fs::read(ca_file).map_err(|e| UpstreamError::Connect {
@@ -98,7 +102,7 @@ impl HttpConnection {
             })?;
         Ok(HttpConnection {
             server,
-            url: config.url.clone(),
+            url,
             client,
             timeout,
             session: RwLock::new(None),
@@ -226,7 +230,7 @@ impl HttpConnection {
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut request = self
             .client
-            .post(&self.url)
+            .post(self.url.clone())
             .header(ACCEPT, "application/json, text/event-stream")
             .header(CONTENT_TYPE, "application/json")
             .body(body);
