@@ -1,5 +1,7 @@
 //! MCP protocol versions Sluice speaks downstream.
 
+use rmcp::model::ProtocolVersion;
+
 /// Newest first; `initialize` answers with the client's version when it is listed here, or
 /// with the newest otherwise (the client then decides whether it can go on).
 pub const SUPPORTED: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
@@ -26,6 +28,16 @@ pub fn index_of(version: &str) -> Option<u8> {
         .map(|i| i as u8)
 }
 
+/// The `rmcp` value of one of the [`SUPPORTED`] versions.
+pub fn to_rmcp(version: &str) -> ProtocolVersion {
+    match version {
+        "2025-06-18" => ProtocolVersion::V_2025_06_18,
+        "2025-03-26" => ProtocolVersion::V_2025_03_26,
+        "2024-11-05" => ProtocolVersion::V_2024_11_05,
+        _ => ProtocolVersion::V_2025_11_25,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,5 +47,12 @@ mod tests {
         assert_eq!(negotiate(Some("2025-06-18")), "2025-06-18");
         assert_eq!(negotiate(Some("1999-01-01")), LATEST);
         assert_eq!(negotiate(None), LATEST);
+    }
+
+    #[test]
+    fn every_supported_version_maps_to_rmcp() {
+        for v in SUPPORTED {
+            assert_eq!(to_rmcp(v).to_string(), v);
+        }
     }
 }

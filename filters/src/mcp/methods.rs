@@ -8,6 +8,7 @@ use ::http::StatusCode;
 use ::http::header::HeaderValue;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rmcp::model::{Implementation, InitializeResult, ServerCapabilities, ToolsCapability};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -71,17 +72,20 @@ pub(super) fn initialize(
         .and_then(|p| serde_json::from_str::<Params<'_>>(p.get()).ok())
         .and_then(|p| p.protocol_version);
     let version = protocol::negotiate(requested.as_deref());
-    let result = serde_json::json!({
-        "protocolVersion": version,
-        "capabilities": { "tools": { "listChanged": false } },
-        "serverInfo": { "name": "sluice", "title": "Sluice MCP gateway", "version": env!("CARGO_PKG_VERSION") },
-        "instructions": "Sluice aggregates several MCP servers; tool names are `<server>__<tool>`."
-    });
+    let mut capabilities = ServerCapabilities::default();
+    capabilities.tools = Some(ToolsCapability::default());
+    let result = InitializeResult::new(capabilities)
+        .with_protocol_version(protocol::to_rmcp(version))
+        .with_server_info(
+            Implementation::new("sluice", env!("CARGO_PKG_VERSION"))
+                .with_title("Sluice MCP gateway"),
+        )
+        .with_instructions(
+            "Sluice aggregates several MCP servers; tool names are `<server>__<tool>`.",
+        );
+    let result = serde_json::to_string(&result).unwrap_or_default();
     let token = endpoint.sessions.issue(version, &caller.name);
-    let mut response = Response::json(
-        StatusCode::OK,
-        jsonrpc::result_bytes(id, &result.to_string()),
-    );
+    let mut response = Response::json(StatusCode::OK, jsonrpc::result_bytes(id, &result));
     if let Ok(value) = HeaderValue::try_from(token) {
         response = response.with_header(session_header(), value);
     }

@@ -22,12 +22,12 @@ pub use supervisor::{Health, Upstream, Upstreams};
 
 /// The client information Sluice presents to upstream servers.
 pub(crate) fn initialize_params() -> String {
-    serde_json::json!({
-        "protocolVersion": crate::protocol::LATEST,
-        "capabilities": {},
-        "clientInfo": { "name": "sluice", "version": env!("CARGO_PKG_VERSION") }
-    })
-    .to_string()
+    let params = rmcp::model::InitializeRequestParams::new(
+        rmcp::model::ClientCapabilities::default(),
+        rmcp::model::Implementation::new("sluice", env!("CARGO_PKG_VERSION")),
+    )
+    .with_protocol_version(crate::protocol::to_rmcp(crate::protocol::LATEST));
+    serde_json::to_string(&params).unwrap_or_default()
 }
 
 /// What an upstream answered to a request.
