@@ -205,7 +205,7 @@ fn default_session_ttl() -> Duration {
 }
 
 /// One upstream MCP server. Exactly one of `stdio`, `http` is given.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpServer {
     /// Unique name; also the default tool prefix (`<name>__<tool>`).
@@ -265,7 +265,7 @@ pub enum Transport<'a> {
 }
 
 /// A child process speaking MCP over stdin/stdout.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StdioTransport {
     pub command: String,
@@ -278,7 +278,7 @@ pub struct StdioTransport {
 }
 
 /// A Streamable HTTP MCP server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpTransport {
     pub url: String,

@@ -147,7 +147,9 @@ impl Metrics {
 
     /// Render every metric in the Prometheus text format, refreshing the gauges first.
     pub fn render(&self, upstreams: &Upstreams) -> Vec<u8> {
-        for upstream in upstreams.all() {
+        // Servers removed by a reload must not linger in the gauge.
+        self.upstream_up.reset();
+        for upstream in upstreams.all().iter() {
             self.upstream_up
                 .with_label_values(&[&*upstream.name])
                 .set(i64::from(upstream.health() == Health::Ready));

@@ -156,10 +156,14 @@ impl Control {
         match sluice_conf::load(&self.config_path) {
             Ok(config) => {
                 self.mcp.reload(&config);
-                let names: Vec<&str> = config.mcp.servers.iter().map(|s| s.name.as_str()).collect();
-                let running: Vec<&str> = self.upstreams.all().iter().map(|u| &*u.name).collect();
-                if names != running {
-                    tracing::warn!("changes to `mcp.servers` take effect at the next restart");
+                let changes = self.upstreams.apply(&config.mcp.servers);
+                if !changes.is_empty() {
+                    tracing::info!(
+                        added = ?changes.added,
+                        removed = ?changes.removed,
+                        restarted = ?changes.replaced,
+                        "MCP servers changed"
+                    );
                 }
                 tracing::info!("configuration reloaded from {}", self.config_path.display());
             }

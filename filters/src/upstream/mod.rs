@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-pub use supervisor::{Health, Upstream, Upstreams};
+pub use supervisor::{Health, ServerChanges, Upstream, Upstreams};
 
 /// The client information Sluice presents to upstream servers.
 pub(crate) fn initialize_params() -> String {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sluice_conf::{McpServer, Transport};
@@ -58,10 +58,12 @@ pub struct Upstream {
     health: AtomicU8,
     last_error: Mutex<Option<String>>,
     list_changed: Arc<Notify>,
+    /// Cancelled when the server is removed or replaced, or Sluice stops.
+    retired: CancellationToken,
 }
 
 impl Upstream {
-    fn new(config: McpServer, order: usize) -> Self {
+    fn new(config: McpServer, order: usize, retired: CancellationToken) -> Self {
         Upstream {
             name: Arc::from(config.name.as_str()),
             config,
@@ -70,7 +72,15 @@ impl Upstream {
             health: AtomicU8::new(Health::Starting as u8),
             last_error: Mutex::new(None),
             list_changed: Arc::new(Notify::new()),
+            retired,
         }
+    }
+
+    /// Stop supervising this server; its child process ends once the calls still holding
+    /// its connection are done.
+    fn retire(&self) {
+        self.retired.cancel();
+        self.connection.store(None);
     }
 
     pub fn health(&self) -> Health {
@@ -265,56 +275,129 @@ impl Upstream {
     }
 }
 
-/// Every configured upstream, by name.
+/// What a configuration reload changed among the servers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ServerChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Servers whose configuration changed: restarted with the new one.
+    pub replaced: Vec<String>,
+}
+
+impl ServerChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.replaced.is_empty()
+    }
+}
+
+/// Every configured upstream. The set is a snapshot swapped as a whole when the configuration
+/// changes, so readers never lock and a reload adds, removes or restarts servers while the
+/// others keep serving.
 pub struct Upstreams {
-    servers: Vec<Arc<Upstream>>,
+    servers: ArcSwap<Vec<Arc<Upstream>>>,
     catalog: Arc<CatalogStore>,
     stopping: CancellationToken,
+    /// Serializes [`Upstreams::apply`] calls.
+    applying: Mutex<()>,
 }
 
 impl Upstreams {
     pub fn new(configs: &[McpServer], catalog: Arc<CatalogStore>) -> Self {
+        let stopping = CancellationToken::new();
         let servers = configs
             .iter()
             .enumerate()
-            .map(|(i, c)| Arc::new(Upstream::new(c.clone(), i)))
+            .map(|(i, c)| Arc::new(Upstream::new(c.clone(), i, stopping.child_token())))
             .collect();
         Upstreams {
-            servers,
+            servers: ArcSwap::from_pointee(servers),
             catalog,
-            stopping: CancellationToken::new(),
+            stopping,
+            applying: Mutex::new(()),
         }
     }
 
     /// Start one supervisor task per server on the current runtime.
     pub fn start(&self) {
-        for server in &self.servers {
-            let supervise = server.clone().supervise(self.catalog.clone());
-            let stopping = self.stopping.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = supervise => {}
-                    () = stopping.cancelled() => {}
-                }
-            });
+        for server in self.servers.load().iter() {
+            self.supervise(server);
         }
+    }
+
+    fn supervise(&self, server: &Arc<Upstream>) {
+        let supervise = server.clone().supervise(self.catalog.clone());
+        let retired = server.retired.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = supervise => {}
+                () = retired.cancelled() => {}
+            }
+        });
+    }
+
+    /// Bring the running servers in line with `configs` (a configuration reload): new servers
+    /// are started, removed ones stopped and their tools dropped from the catalog, changed ones
+    /// restarted; unchanged servers are not touched. Runs supervisors on the current runtime.
+    pub fn apply(&self, configs: &[McpServer]) -> ServerChanges {
+        let _serial = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.servers.load_full();
+        let mut changes = ServerChanges::default();
+        let mut next = Vec::with_capacity(configs.len());
+        for (order, config) in configs.iter().enumerate() {
+            let existing = current.iter().find(|s| s.config.name == config.name);
+            match existing {
+                Some(server) if server.config == *config && server.order == order => {
+                    next.push(server.clone());
+                }
+                _ => {
+                    let server = Arc::new(Upstream::new(
+                        config.clone(),
+                        order,
+                        self.stopping.child_token(),
+                    ));
+                    self.supervise(&server);
+                    match existing {
+                        Some(old) => {
+                            old.retire();
+                            changes.replaced.push(config.name.clone());
+                        }
+                        None => changes.added.push(config.name.clone()),
+                    }
+                    next.push(server);
+                }
+            }
+        }
+        for old in current.iter() {
+            if !configs.iter().any(|c| c.name == *old.name) {
+                old.retire();
+                self.catalog.remove_server(&old.name);
+                changes.removed.push(old.name.to_string());
+            }
+        }
+        self.servers.store(Arc::new(next));
+        changes
     }
 
     /// Stop supervising (shutdown): nothing is restarted any more, and each stdio child is
     /// stopped once the calls still holding its connection are done.
     pub fn stop(&self) {
         self.stopping.cancel();
-        for server in &self.servers {
-            server.connection.store(None);
+        for server in self.servers.load().iter() {
+            server.retire();
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
-        self.servers.iter().find(|s| &*s.name == name)
+    pub fn get(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.servers
+            .load()
+            .iter()
+            .find(|s| &*s.name == name)
+            .cloned()
     }
 
-    pub fn all(&self) -> &[Arc<Upstream>] {
-        &self.servers
+    /// The servers as of now.
+    pub fn all(&self) -> Arc<Vec<Arc<Upstream>>> {
+        self.servers.load_full()
     }
 
     pub fn catalog(&self) -> &Arc<CatalogStore> {
@@ -323,6 +406,59 @@ impl Upstreams {
 
     /// Ready once every server has synced or failed at least once.
     pub fn is_ready(&self) -> bool {
-        self.servers.iter().all(|s| s.health() != Health::Starting)
+        self.servers
+            .load()
+            .iter()
+            .all(|s| s.health() != Health::Starting)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn servers(yaml: &str) -> Vec<McpServer> {
+        let text = format!("listen: [{{address: 127.0.0.1:1}}]\nmcp:\n  servers:\n{yaml}");
+        sluice_conf::parse(Path::new("t.yaml"), &text, &|_| None)
+            .expect("valid config")
+            .mcp
+            .servers
+    }
+
+    #[tokio::test]
+    async fn apply_adds_removes_and_restarts_only_what_changed() {
+        let catalog = Arc::new(CatalogStore::new());
+        let before = servers(
+            "    - {name: a, stdio: {command: /nonexistent/a}}\n    - {name: b, stdio: {command: /nonexistent/b}}\n",
+        );
+        let upstreams = Upstreams::new(&before, catalog.clone());
+        upstreams.start();
+        catalog.set_server_tools("b", 1, "b", vec![serde_json::json!({"name": "t"})]);
+        let a = upstreams.get("a").expect("a");
+
+        let after = servers(
+            "    - {name: a, stdio: {command: /nonexistent/a}}\n    - {name: c, stdio: {command: /nonexistent/c}}\n",
+        );
+        let changes = upstreams.apply(&after);
+        assert_eq!(changes.added, ["c"]);
+        assert_eq!(changes.removed, ["b"]);
+        assert!(changes.replaced.is_empty());
+        assert!(
+            Arc::ptr_eq(&a, &upstreams.get("a").expect("a")),
+            "unchanged server untouched"
+        );
+        assert!(upstreams.get("b").is_none());
+        assert!(
+            catalog.load().get("b__t").is_none(),
+            "removed server's tools are gone"
+        );
+
+        let changed = servers(
+            "    - {name: a, stdio: {command: /nonexistent/a2}}\n    - {name: c, stdio: {command: /nonexistent/c}}\n",
+        );
+        assert_eq!(upstreams.apply(&changed).replaced, ["a"]);
+        assert!(a.retired.is_cancelled(), "the old instance of a is stopped");
+        upstreams.stop();
     }
 }
