@@ -64,8 +64,15 @@ def test_quickstart_starts_and_serves_its_servers(tmp_path):
     assert Path.cwd() == REPO, "run the tests from the repository root"
     gw = Proc("sluice-quickstart", [str(sluice_bin()), "--config", str(path)], tmp_path / "sluice.log", env=ENV)
     try:
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{admin_port}/readyz", timeout=2).status_code == 200
-                   if gw.alive() else pytest.fail(gw.log()), 60, "the quick start to be ready")
+        def ready() -> bool:
+            if not gw.alive():
+                pytest.fail(f"the quick start exited:\n{gw.log()}")
+            try:
+                return httpx.get(f"http://127.0.0.1:{admin_port}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, 60, "the quick start to be ready")
         for url, verify in ((f"http://127.0.0.1:{http_port}/mcp", True),
                             (f"https://localhost:{https_port}/mcp", ssl.create_default_context(cafile=certs / "ca.crt"))):
             client = RawMcp(url, client=httpx.Client(timeout=30, verify=verify), key=ENV["SLUICE_DEMO_KEY"])
