@@ -226,13 +226,17 @@ def test_get_is_405(client):
 # --------------------------------------------------------------------------- upstream down, then recovery
 
 
-def test_upstream_down_is_internal_error_naming_it(client, doomed):
+def test_upstream_down_is_internal_error_naming_it(client, doomed, gw):
     names = {tool["name"] for tool in client.list_tools()}
     assert "doomed__echo" in names, sorted(names)
     doomed.stop()
     response = send(client, client.request_body("tools/call", {"name": "doomed__echo", "arguments": {"message": "hi"}}))
     message = rpc_error(response, 200, INTERNAL_ERROR)
     assert "doomed" in message["error"]["message"], message
+    # The failed call shows in the server's health at once, not only at the next sync.
+    servers = httpx.get(f"{gw.admin_url}/readyz", timeout=5).json()["servers"]
+    assert servers["doomed"]["health"] == "failed", servers
+    assert "doomed" in servers["doomed"]["error"], servers
 
 
 def test_gateway_still_serves_after_errors(gw):

@@ -121,7 +121,17 @@ impl Upstream {
                     .unwrap_or_else(|| "it has not connected yet".into()),
             });
         };
-        connection.request(method, params).await
+        let outcome = connection.request(method, params).await;
+        // Calls see an unreachable server before the next sync does: reflect it in the health
+        // (readiness, metrics) at once, and recover on the next answer.
+        match &outcome {
+            Err(e @ (UpstreamError::Connect { .. } | UpstreamError::Disconnected { .. })) => {
+                self.set_health(Health::Failed, Some(e.to_string()));
+            }
+            Ok(_) if self.health() == Health::Failed => self.set_health(Health::Ready, None),
+            _ => {}
+        }
+        outcome
     }
 
     fn set_health(&self, health: Health, error: Option<String>) {
