@@ -92,7 +92,7 @@ pub fn check_post_headers(headers: &HeaderMap) -> Result<(), Response> {
             StatusCode::NOT_ACCEPTABLE,
             None,
             code::INVALID_REQUEST,
-            "the Accept header must list application/json and text/event-stream",
+            "the Accept header must allow application/json (MCP clients send `Accept: application/json, text/event-stream`)",
         ));
     }
     let content_type = headers
