@@ -30,6 +30,9 @@ impl Admin {
                 if let Some(error) = u.last_error() {
                     entry["error"] = error.into();
                 }
+                if let Some(pid) = u.pid() {
+                    entry["pid"] = pid.into();
+                }
                 (u.name.to_string(), entry)
             })
             .collect();

@@ -11,7 +11,12 @@ from harness import LATEST_PROTOCOL, rpc_message
 def test_admin_health_and_readiness(gateway):
     """/healthz and /readyz answer 200 on the admin listener once every upstream synced."""
     assert httpx.get(f"{gateway.admin_url}/healthz", timeout=10).status_code == 200
-    assert httpx.get(f"{gateway.admin_url}/readyz", timeout=10).status_code == 200
+    ready = httpx.get(f"{gateway.admin_url}/readyz", timeout=10)
+    assert ready.status_code == 200
+    servers = ready.json()["servers"]
+    assert all(s["health"] == "ready" for s in servers.values()), servers
+    # A stdio server names its child process, which really is a child of the gateway.
+    assert servers["everything"]["pid"] in gateway.stdio_children("stdio"), servers
 
 
 def test_initialize_returns_sluice_identity(gateway):
