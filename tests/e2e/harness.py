@@ -190,6 +190,27 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def wait_ready(self, admin_url: str, timeout: float = 60) -> None:
+        """Wait until a Sluice's `admin_url`/readyz answers 200; if it exits or never gets
+        ready, stop it and raise with its log."""
+
+        def ready() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log()}")
+            try:
+                return httpx.get(f"{admin_url}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        try:
+            wait_until(ready, timeout, f"{self.name} /readyz to answer 200")
+        except TimeoutError as e:
+            self.stop()
+            raise TimeoutError(f"{e}\n--- {self.log_path} ---\n{self.log(100)}") from None
+        except BaseException:
+            self.stop()
+            raise
+
     def log(self, tail_lines: int | None = None) -> str:
         """The process's output so far (its last `tail_lines` lines if given)."""
         text = self.log_path.read_text(errors="replace")
@@ -337,14 +358,7 @@ class Gateway(Proc):
                          env={"NO_COLOR": "1", **(env or {})})
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
-        try:
-            wait_until(self._ready, 60, f"{name} /readyz to answer 200")
-        except TimeoutError as e:
-            self.stop()
-            raise TimeoutError(f"{e}\n--- {self.log_path} ---\n{self.log(100)}") from None
-        except BaseException:
-            self.stop()
-            raise
+        self.wait_ready(self.admin_url)
 
     def write_config(self, config: dict[str, Any] | str) -> None:
         """Replace the configuration file (a dict as YAML, or raw text) without signalling."""
@@ -380,13 +394,6 @@ class Gateway(Proc):
         assert response.status_code == 200, f"/metrics: HTTP {response.status_code} {response.text}"
         return Metrics.parse(response.text)
 
-    def _ready(self) -> bool:
-        if not self.alive():
-            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log()}")
-        try:
-            return httpx.get(f"{self.admin_url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def stdio_children(self, script_arg: str) -> list[int]:
         """Pids of the gateway's child processes whose command line contains `script_arg`."""

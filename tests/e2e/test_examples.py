@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from harness import REPO, Proc, RawMcp, free_port, sluice_bin, wait_until
+from harness import REPO, Proc, RawMcp, free_port, sluice_bin
 
 EXAMPLES = sorted((REPO / "conf" / "examples").glob("*.yaml"))
 ENV = {
@@ -64,15 +64,7 @@ def test_quickstart_starts_and_serves_its_servers(tmp_path):
     assert Path.cwd() == REPO, "run the tests from the repository root"
     gw = Proc("sluice-quickstart", [str(sluice_bin()), "--config", str(path)], tmp_path / "sluice.log", env=ENV)
     try:
-        def ready() -> bool:
-            if not gw.alive():
-                pytest.fail(f"the quick start exited:\n{gw.log()}")
-            try:
-                return httpx.get(f"http://127.0.0.1:{admin_port}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(ready, 60, "the quick start to be ready")
+        gw.wait_ready(f"http://127.0.0.1:{admin_port}")
         for url, verify in ((f"http://127.0.0.1:{http_port}/mcp", True),
                             (f"https://localhost:{https_port}/mcp", ssl.create_default_context(cafile=certs / "ca.crt"))):
             client = RawMcp(url, client=httpx.Client(timeout=30, verify=verify), key=ENV["SLUICE_DEMO_KEY"])

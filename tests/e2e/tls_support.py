@@ -264,22 +264,7 @@ class TlsGateway(Proc):
         self.url = f"{scheme}://localhost:{self.port}/mcp"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         if wait:
-            try:
-                wait_until(self._ready, 60, f"{name} /readyz to answer 200")
-            except TimeoutError as e:
-                self.stop()
-                raise TimeoutError(f"{e}\n--- {self.log_path} ---\n{self.log(100)}") from None
-            except BaseException:
-                self.stop()
-                raise
-
-    def _ready(self) -> bool:
-        if not self.alive():
-            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log()}")
-        try:
-            return httpx.get(f"{self.admin_url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+            self.wait_ready(self.admin_url)
 
     def readyz(self) -> dict:
         """The /readyz JSON document."""
