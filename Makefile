@@ -37,13 +37,14 @@ build: deps
 
 deps: system-deps node-deps python-deps
 
-# Build tools for BoringSSL (cmake, clang, go) and pyo3 (libpython3.11-dev).
+# Build tools for BoringSSL (cmake, clang, go), pyo3 (libpython3.11-dev), the load generator
+# oha (libssl-dev, pkg-config), openssl for development certificates.
+APT_PACKAGES := cmake clang libclang-dev golang-go libpython3.11-dev libssl-dev pkg-config openssl procps
 system-deps: $(STAMPS)/system
 $(STAMPS)/system:
-	@if ! (command -v cmake && command -v clang && command -v go && dpkg -s libclang-dev libpython3.11-dev) >/dev/null 2>&1; then \
+	@if ! (command -v cmake && command -v clang && command -v go && command -v openssl && dpkg -s libclang-dev libpython3.11-dev libssl-dev pkg-config) >/dev/null 2>&1; then \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	        cmake clang libclang-dev golang-go libpython3.11-dev pkg-config iproute2 procps; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES); \
 	fi
 	@mkdir -p $(STAMPS) && touch $@
 
