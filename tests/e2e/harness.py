@@ -117,6 +117,28 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 # --------------------------------------------------------------------------- processes
 
 
+def run_in_group(argv: list[str], timeout: float, what: str, **popen: Any) -> subprocess.CompletedProcess:
+    """Run `argv` to completion in its own process group, capturing its output as text. Past
+    `timeout` the group is killed and the test fails naming `what`; whatever the command left
+    behind in its group is killed either way."""
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True, **popen,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{what} ran over {timeout:.0f}s:\nstdout: {out}\nstderr: {err}") from None
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def children_of(pid: int) -> list[int]:
     """Direct children of `pid`, read from /proc."""
     kids = []

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Iterator
 
 import pytest
 
-from harness import NODE_MODULES, TESTS, node, require, stdio_everything, wait_until
+from harness import NODE_MODULES, TESTS, node, require, run_in_group, stdio_everything, wait_until
 from tls_support import CertSet, TlsGateway, audit_records, dev_certs
 
 sys.path.insert(0, str(TESTS / "fixtures"))
@@ -78,28 +77,7 @@ class Claude:
     def run(self, *args: str, trust_ca: bool = True, timeout: float = CLAUDE_TIMEOUT) -> subprocess.CompletedProcess:
         """Run `claude ARGS` to completion (killed, with its process group, after `timeout`)."""
         argv = [node(), str(require(CLAUDE_WRAPPER)), *args]
-        proc = subprocess.Popen(
-            argv,
-            cwd=self.cwd,
-            env=self.env(trust_ca),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            raise AssertionError(f"`claude {' '.join(args)}` ran over {timeout}s:\nstdout: {out}\nstderr: {err}")
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # anything it left behind in its group
-            except ProcessLookupError:
-                pass
-        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+        return run_in_group(argv, timeout, f"`claude {' '.join(args)}`", cwd=self.cwd, env=self.env(trust_ca))
 
     def mcp_add(self, name: str, url: str, key: str, scope: str = "user") -> None:
         done = self.run("mcp", "add", "--transport", "http", "--scope", scope, name, url,

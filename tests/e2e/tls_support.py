@@ -22,6 +22,7 @@ import httpx
 import yaml
 
 from harness import (
+    run_in_group,
     DEFAULT_KEY,
     DEFAULT_KEY_NAME,
     GRACE_PERIOD,
@@ -320,19 +321,7 @@ def run_sluice_expecting_failure(config: dict, tmp: Path, name: str, timeout: fl
     tmp.mkdir(parents=True, exist_ok=True)
     config_path = tmp / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    proc = subprocess.Popen(
-        [str(sluice_bin()), "--config", str(config_path)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "NO_COLOR": "1"},
-        text=True,
-        start_new_session=True,
+    return run_in_group(
+        [str(sluice_bin()), "--config", str(config_path)], timeout,
+        "sluice, which should have refused to start,", env={**os.environ, "NO_COLOR": "1"},
     )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"sluice did not exit within {timeout:.0f}s although it should refuse to start:\n{err}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -260,7 +260,10 @@ async fn tools_call(
     };
     work.tool = Some(params.name.to_string());
     work.argument_bytes = params.arguments.map_or(0, |a| a.get().len());
-    work.arguments = params.arguments.map(|a| a.to_owned());
+    // Copy the arguments only when the audit log records them: not on every call.
+    if context.endpoint.services.audit.include_arguments() {
+        work.arguments = params.arguments.map(|a| a.to_owned());
+    }
     if let Some(args) = params.arguments
         && !args.get().trim_start().starts_with('{')
     {

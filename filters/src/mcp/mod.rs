@@ -116,12 +116,11 @@ impl McpEndpoint {
         &self.services.metrics
     }
 
-    /// Checks that need only the request head, run before the body is read.
+    /// The announced body size, checked before the body is read; every other rule runs in
+    /// [`McpEndpoint::handle`], so that it is complete on its own.
     pub fn check_head(&self, method: &Method, headers: &HeaderMap) -> Result<(), Response> {
-        let policy = self.policy.load();
-        transport::check_origin(headers, &policy.allowed_origins)?;
         if method == Method::POST {
-            transport::check_declared_length(headers, policy.max_body_bytes)?;
+            transport::check_declared_length(headers, self.policy.load().max_body_bytes)?;
         }
         Ok(())
     }
@@ -289,11 +288,7 @@ impl McpEndpoint {
             server: work.server.map(|s| s.to_string()),
             tool: work.tool,
             argument_bytes: work.argument_bytes,
-            arguments: if self.services.audit.include_arguments() {
-                work.arguments
-            } else {
-                None
-            },
+            arguments: work.arguments,
             status: work.status,
             error: work.error,
             upstream_ms: work.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
