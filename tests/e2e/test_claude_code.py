@@ -5,12 +5,25 @@ Claude Code runs offline in a scratch HOME: its model API is tests/fixtures/fake
 (a scripted stand-in speaking the Messages API wire format, via ANTHROPIC_BASE_URL), and it
 trusts the test CA through NODE_EXTRA_CA_CERTS. Sluice, server-everything and Claude Code
 itself are the real programs.
+
+Claude Code ships as a native binary in a per-platform package
+(@anthropic-ai/claude-code-linux-x64 and the like); its postinstall script copies it over
+`node_modules/.bin/claude`. npm may skip that script, so `claude_argv()` runs the platform
+package's binary directly, and falls back to the installed `.bin/claude` or the package's Node
+launcher (`cli-wrapper.cjs`).
+
+Two behaviours of current releases matter here: Claude Code probes `server/discover` (MCP
+2026-07-28) before `initialize` and falls back to `initialize` when Sluice refuses the probe (an
+error such as -32601, or today's HTTP 400 "missing Mcp-Session-Id"); and it hides MCP tools
+behind its ToolSearch tool unless ENABLE_TOOL_SEARCH=false, which these tests set so that the
+scripted model sees the MCP tool offered directly.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import secrets
 import subprocess
 import sys
@@ -20,13 +33,13 @@ from typing import Iterator
 
 import pytest
 
-from harness import NODE_MODULES, TESTS, node, require, run_in_group, stdio_everything, wait_until
+from harness import NODE_MODULES, TESTS, node, run_in_group, stdio_everything, wait_until
 from tls_support import CertSet, TlsGateway, audit_records, dev_certs
 
 sys.path.insert(0, str(TESTS / "fixtures"))
 from fake_anthropic import FakeAnthropic, result_text, tool_results, tool_uses  # noqa: E402
 
-CLAUDE_WRAPPER = NODE_MODULES / "@anthropic-ai" / "claude-code" / "cli-wrapper.cjs"
+CLAUDE_PACKAGE = NODE_MODULES / "@anthropic-ai" / "claude-code"
 CLAUDE_TIMEOUT = 120
 CLAUDE_KEY_NAME = "claude"
 CLAUDE_KEY = "claude-key-0123456789"
@@ -39,6 +52,50 @@ ECHO_TOOL = f"mcp__{SERVER}__everything__echo"
 #: setup (or a parent Claude Code session) into the test, or route localhost via a proxy.
 LEAKY_PREFIXES = ("ANTHROPIC_", "CLAUDE", "AWS_", "GOOGLE_", "VERTEX_", "NODE_", "SSL_CERT_")
 LEAKY_NAMES = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "XDG_CONFIG_HOME"}
+
+
+def _is_native_executable(path: Path) -> bool:
+    """True if `path` is an executable ELF or Mach-O file (not the placeholder npm installs
+    when the postinstall script did not run)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        return False
+    native = magic == b"\x7fELF" or magic in (b"\xcf\xfa\xed\xfe", b"\xfe\xed\xfa\xcf")
+    return native and os.access(path, os.X_OK)
+
+
+def _platform_packages() -> list[str]:
+    """Names of the Claude Code platform packages that can run here, best first."""
+    system = {"linux": "linux", "darwin": "darwin"}.get(sys.platform, sys.platform)
+    cpu = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        platform.machine().lower(), platform.machine().lower()
+    )
+    names = [f"claude-code-{system}-{cpu}"]
+    if system == "linux":
+        names.append(f"claude-code-{system}-{cpu}-musl")
+    return names
+
+
+def claude_argv() -> list[str]:
+    """The command that runs the installed Claude Code CLI.
+
+    The platform package's native binary if npm installed it (whether or not the postinstall
+    script ran), else `.bin/claude` if that is the native binary, else the package's Node
+    launcher."""
+    for name in _platform_packages():
+        binary = NODE_MODULES / "@anthropic-ai" / name / "claude"
+        if _is_native_executable(binary):
+            return [str(binary)]
+    installed = NODE_MODULES / ".bin" / "claude"
+    if _is_native_executable(installed.resolve() if installed.exists() else installed):
+        return [str(installed)]
+    wrapper = CLAUDE_PACKAGE / "cli-wrapper.cjs"
+    assert wrapper.exists(), (
+        f"Claude Code is not installed under {NODE_MODULES}: run `npm ci --prefix tests` first"
+    )
+    return [node(), str(wrapper)]
 
 
 @dataclass
@@ -63,6 +120,9 @@ class Claude:
                 "ANTHROPIC_BASE_URL": self.api,
                 "ANTHROPIC_API_KEY": "sk-ant-e2e-dummy-key",
                 "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+                # Offer MCP tools to the model directly instead of behind ToolSearch: the
+                # scripted model calls the echo tool by its name in the first request.
+                "ENABLE_TOOL_SEARCH": "false",
                 "DISABLE_AUTOUPDATER": "1",
                 "DISABLE_TELEMETRY": "1",
                 "DISABLE_ERROR_REPORTING": "1",
@@ -76,7 +136,7 @@ class Claude:
 
     def run(self, *args: str, trust_ca: bool = True, timeout: float = CLAUDE_TIMEOUT) -> subprocess.CompletedProcess:
         """Run `claude ARGS` to completion (killed, with its process group, after `timeout`)."""
-        argv = [node(), str(require(CLAUDE_WRAPPER)), *args]
+        argv = [*claude_argv(), *args]
         return run_in_group(argv, timeout, f"`claude {' '.join(args)}`", cwd=self.cwd, env=self.env(trust_ca))
 
     def mcp_add(self, name: str, url: str, key: str, scope: str = "user") -> None:
@@ -147,9 +207,11 @@ def claude(tmp_path, fake, certs) -> Claude:
 
 def test_claude_code_version():
     """The pinned Claude Code runs here at all (a clear failure instead of puzzling ones)."""
-    done = subprocess.run([node(), str(require(CLAUDE_WRAPPER)), "--version"], capture_output=True, text=True,
-                          timeout=CLAUDE_TIMEOUT)
-    assert done.returncode == 0 and "Claude Code" in done.stdout, f"{done.stdout}\n{done.stderr}"
+    argv = claude_argv()
+    done = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=CLAUDE_TIMEOUT)
+    assert done.returncode == 0 and "Claude Code" in done.stdout, f"{argv}: {done.stdout}\n{done.stderr}"
+    pinned = json.loads((TESTS / "package.json").read_text())["dependencies"]["@anthropic-ai/claude-code"]
+    assert done.stdout.startswith(pinned), f"tests/package.json pins {pinned}, {argv} is {done.stdout.strip()}"
 
 
 def test_mcp_add_and_list_reports_connected(cc_gateway, claude, tmp_path):

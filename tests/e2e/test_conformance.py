@@ -1,0 +1,96 @@
+"""The MCP conformance suite (@modelcontextprotocol/conformance, `server --suite active`) through
+Sluice.
+
+One fixture upstream (tests/fixtures/conformance_server.mjs, official TypeScript SDK) implements
+everything the suite's server scenarios call. The suite runs twice, at the same time: directly
+against the fixture, and against a Sluice that fronts the fixture as an `http:` upstream with
+`prefix: ""` (so tool names are unchanged). Every active scenario must pass on both paths. A
+scenario that fails directly means the fixture (or the suite) is at fault; one that fails only
+through Sluice means Sluice is.
+
+The suite cannot send an Authorization header, so this Sluice runs with `enforce_auth: false`.
+Run it alone with `.venv/bin/pytest tests/e2e -m conformance -q`; the results (checks.json per
+scenario, the suite's output, summary.json) are kept in the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conformance_support import CONFORMANCE_VERSION, ConformanceServer, SuiteRun, run_suite
+from harness import Gateway, http_upstream
+
+pytestmark = pytest.mark.conformance
+
+UPSTREAM = "conformance"
+
+
+@pytest.fixture
+def fixture_server(tmp_path) -> ConformanceServer:
+    server = ConformanceServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def open_gateway(tmp_path, fixture_server) -> Gateway:
+    """Sluice in front of the fixture, keyless (the suite sends no credentials)."""
+    gw = Gateway(
+        tmp_path / "gateway",
+        {UPSTREAM: {**http_upstream(fixture_server.url), "prefix": ""}},
+        name="sluice-conformance",
+        default_key=False,
+        top={"enforce_auth": False},
+    )
+    yield gw
+    gw.stop()
+
+
+def test_active_suite_direct_and_through_sluice(tmp_path, fixture_server, open_gateway):
+    results = tmp_path / "results"
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        direct_job = pool.submit(run_suite, fixture_server.url, results / "direct")
+        sluice_job = pool.submit(run_suite, open_gateway.url, results / "through-sluice")
+        direct: SuiteRun = direct_job.result()
+        through: SuiteRun = sluice_job.result()
+
+    summary = {
+        "conformance": CONFORMANCE_VERSION,
+        "direct": {"url": direct.url, "passed": direct.passed, "failures": direct.failures},
+        "through_sluice": {"url": through.url, "passed": through.passed, "failures": through.failures},
+    }
+    (results / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    sluice_only = sorted(set(through.failed) - set(direct.failed))
+    both = sorted(set(through.failed) & set(direct.failed))
+    report = "\n".join(
+        [
+            f"MCP conformance {CONFORMANCE_VERSION}, active server suite (results in {results}):",
+            direct.describe(f"direct to the fixture ({direct.url})"),
+            through.describe(f"through Sluice ({through.url})"),
+            f"failing only through Sluice (Sluice at fault): {', '.join(sluice_only) or 'none'}",
+            f"failing on both paths (fixture or suite at fault): {', '.join(both) or 'none'}",
+        ]
+    )
+
+    # The suite ran at all, both paths saw the same scenarios, and every one of them passed.
+    problems = []
+    if not direct.passed:
+        problems.append("the direct run reported no scenarios")
+    if set(through.passed) != set(direct.passed):
+        problems.append(
+            f"the two runs saw different scenarios: only direct {sorted(set(direct.passed) - set(through.passed))}, "
+            f"only through Sluice {sorted(set(through.passed) - set(direct.passed))}"
+        )
+    if direct.failed or through.failed:
+        problems.append("some scenarios failed")
+    elif direct.returncode != 0 or through.returncode != 0:
+        problems.append(f"the suite exited {direct.returncode} (direct) and {through.returncode} (through Sluice)")
+    if not fixture_server.alive() or not open_gateway.alive():
+        problems.append("the fixture or Sluice exited during the run")
+    if problems:
+        pytest.fail(f"{'; '.join(problems)}\n{report}", pytrace=False)
