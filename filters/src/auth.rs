@@ -100,6 +100,19 @@ impl KeyStore {
         }
     }
 
+    /// The key named `name` now (for long-lived streams that outlive a reload); `None` if it
+    /// is gone or can no longer be used.
+    pub fn by_name(&self, name: &str) -> Option<Arc<KeyEntry>> {
+        if *self.anonymous.name == *name && !self.enforce {
+            return Some(self.anonymous.clone());
+        }
+        self.by_hash
+            .values()
+            .find(|k| *k.name == *name)
+            .filter(|k| !k.disabled && k.expires_at.is_none_or(|t| SystemTime::now() < t))
+            .cloned()
+    }
+
     /// Find the caller's key in `headers`.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<KeyEntry>, AuthError> {
         let Some(presented) = presented_key(headers) else {

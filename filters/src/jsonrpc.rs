@@ -15,6 +15,8 @@ pub mod code {
     pub const METHOD_NOT_FOUND: i32 = -32601;
     pub const INVALID_PARAMS: i32 = -32602;
     pub const INTERNAL_ERROR: i32 = -32603;
+    /// The client cancelled the request (or went away) before its answer.
+    pub const REQUEST_CANCELLED: i32 = -32800;
 }
 
 /// One incoming JSON-RPC message, borrowing from the request body.
@@ -25,6 +27,10 @@ pub struct Message<'a> {
     /// `None` for a response (a client answering a server request).
     pub method: Option<&'a str>,
     pub params: Option<&'a RawValue>,
+    /// A response's `result` (a client answering a server request).
+    pub result: Option<&'a RawValue>,
+    /// A response's `error`.
+    pub error: Option<&'a RawValue>,
 }
 
 impl Message<'_> {
@@ -103,6 +109,8 @@ pub fn parse(body: &[u8]) -> Result<Message<'_>, ParseError> {
         id: wire.id,
         method: wire.method,
         params: wire.params,
+        result: wire.result,
+        error: wire.error,
     })
 }
 

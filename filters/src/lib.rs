@@ -16,4 +16,5 @@ pub mod policy;
 pub mod protocol;
 pub mod ratelimit;
 pub mod session;
+pub mod sse;
 pub mod upstream;

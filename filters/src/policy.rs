@@ -1,4 +1,4 @@
-//! Which tools a key may use.
+//! Which tools (and resources and prompts) a key may use.
 //!
 //! A key's grants are the de-duplicated union of its own `tools` and those of its tool groups,
 //! as exact names or globs. They are compiled against a catalog into a mask over the catalog's
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use wildmatch::WildMatch;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Kind};
 
 /// Tool patterns granted to one key.
 #[derive(Debug)]
@@ -22,17 +22,25 @@ pub struct Grants {
     compiled: ArcSwapOption<Allowed>,
 }
 
-/// A key's grants compiled against one catalog version.
+/// A key's grants compiled against one catalog version: one mask per list.
 #[derive(Debug)]
 pub struct Allowed {
     pub catalog_version: u64,
-    mask: Vec<bool>,
+    masks: [Vec<bool>; 4],
 }
 
 impl Allowed {
     /// Whether the tool at `index` of the catalog is granted.
     pub fn contains(&self, index: usize) -> bool {
-        self.mask.get(index).copied().unwrap_or(false)
+        self.contains_in(Kind::Tools, index)
+    }
+
+    /// Whether the item at `index` of the catalog's `kind` list is granted.
+    pub fn contains_in(&self, kind: Kind, index: usize) -> bool {
+        self.masks[kind as usize]
+            .get(index)
+            .copied()
+            .unwrap_or(false)
     }
 }
 
@@ -72,14 +80,17 @@ impl Grants {
         {
             return allowed;
         }
-        let mask = catalog
-            .tools()
-            .iter()
-            .map(|t| self.matches(&t.exposed_name))
-            .collect();
+        let masks = Kind::ALL.map(|kind| {
+            catalog
+                .list(kind)
+                .items()
+                .iter()
+                .map(|t| self.matches(&t.grant_name))
+                .collect()
+        });
         let allowed = Arc::new(Allowed {
             catalog_version: catalog.version,
-            mask,
+            masks,
         });
         self.compiled.store(Some(allowed.clone()));
         allowed

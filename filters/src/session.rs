@@ -19,11 +19,69 @@ use crate::protocol;
 
 type HmacSha256 = Hmac<Sha256>;
 
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 const NONCE_LEN: usize = 16;
 const MAC_LEN: usize = 16;
-/// format, created (u64), protocol index, key fingerprint (8), nonce.
-const BODY_LEN: usize = 1 + 8 + 1 + 8 + NONCE_LEN;
+/// format, created (u64), protocol index, key fingerprint (8), nonce, client capabilities.
+const BODY_LEN: usize = 1 + 8 + 1 + 8 + NONCE_LEN + 1;
+const NONCE: std::ops::Range<usize> = 18..18 + NONCE_LEN;
+const CAPABILITIES: usize = 18 + NONCE_LEN;
+
+/// What a client declared it can do in `initialize`, as bits sealed into its session, so that
+/// any instance knows which server-to-client requests it may relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientCapabilities(u8);
+
+impl ClientCapabilities {
+    pub const SAMPLING: u8 = 1;
+    pub const ELICITATION_FORM: u8 = 2;
+    pub const ELICITATION_URL: u8 = 4;
+    pub const ROOTS: u8 = 8;
+
+    /// Read the `capabilities` object of an `initialize` request.
+    pub fn from_json(capabilities: &serde_json::Value) -> Self {
+        let mut bits = 0;
+        if capabilities.get("sampling").is_some() {
+            bits |= Self::SAMPLING;
+        }
+        if let Some(elicitation) = capabilities.get("elicitation") {
+            // An empty `elicitation: {}` means form mode (2025-06-18 clients).
+            let form = elicitation.get("form").is_some() || elicitation.get("url").is_none();
+            if form {
+                bits |= Self::ELICITATION_FORM;
+            }
+            if elicitation.get("url").is_some() {
+                bits |= Self::ELICITATION_URL;
+            }
+        }
+        if capabilities.get("roots").is_some() {
+            bits |= Self::ROOTS;
+        }
+        ClientCapabilities(bits)
+    }
+
+    pub fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    /// Whether the client can answer the server-to-client request `method` (with `params`).
+    pub fn allows(self, method: &str, params: Option<&serde_json::Value>) -> bool {
+        match method {
+            "sampling/createMessage" => self.has(Self::SAMPLING),
+            "elicitation/create" => {
+                let url_mode =
+                    params.and_then(|p| p.get("mode")).and_then(|m| m.as_str()) == Some("url");
+                self.has(if url_mode {
+                    Self::ELICITATION_URL
+                } else {
+                    Self::ELICITATION_FORM
+                })
+            }
+            "roots/list" => self.has(Self::ROOTS),
+            _ => true,
+        }
+    }
+}
 
 /// What a valid session token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +90,9 @@ pub struct Session {
     /// Unix seconds.
     pub created: u64,
     key_fingerprint: [u8; 8],
+    /// The random part: names the session in per-instance tables.
+    pub nonce: [u8; NONCE_LEN],
+    pub capabilities: ClientCapabilities,
 }
 
 impl Session {
@@ -73,13 +134,19 @@ impl Sessions {
     }
 
     /// Seal a new session for a caller identified by `key_id`.
-    pub fn issue(&self, protocol_version: &str, key_id: &str) -> String {
+    pub fn issue(
+        &self,
+        protocol_version: &str,
+        key_id: &str,
+        capabilities: ClientCapabilities,
+    ) -> String {
         let mut body = [0u8; BODY_LEN];
         body[0] = FORMAT;
         body[1..9].copy_from_slice(&now().to_be_bytes());
         body[9] = protocol::index_of(protocol_version).unwrap_or(0);
         body[10..18].copy_from_slice(&fingerprint(key_id));
-        rand::fill(&mut body[18..]);
+        rand::fill(&mut body[NONCE]);
+        body[CAPABILITIES] = capabilities.0;
         let mut token = body.to_vec();
         token.extend_from_slice(&self.mac(&body));
         URL_SAFE_NO_PAD.encode(token)
@@ -103,7 +170,9 @@ impl Sessions {
         if now() > created.saturating_add(self.ttl.as_secs()) {
             return Err(SessionError::Expired);
         }
-        let nonce: [u8; NONCE_LEN] = body[18..].try_into().map_err(|_| SessionError::Malformed)?;
+        let nonce: [u8; NONCE_LEN] = body[NONCE]
+            .try_into()
+            .map_err(|_| SessionError::Malformed)?;
         if self.lock_deleted().contains_key(&nonce) {
             return Err(SessionError::Deleted);
         }
@@ -117,24 +186,21 @@ impl Sessions {
             key_fingerprint: body[10..18]
                 .try_into()
                 .map_err(|_| SessionError::Malformed)?,
+            nonce,
+            capabilities: ClientCapabilities(body[CAPABILITIES]),
         })
     }
 
     /// End a session (client `DELETE`). The token must be valid.
-    pub fn delete(&self, token: &str) -> Result<(), SessionError> {
+    pub fn delete(&self, token: &str) -> Result<Session, SessionError> {
         let session = self.open(token)?;
-        let bytes = URL_SAFE_NO_PAD
-            .decode(token.as_bytes())
-            .map_err(|_| SessionError::Malformed)?;
-        let nonce: [u8; NONCE_LEN] = bytes[18..BODY_LEN]
-            .try_into()
-            .map_err(|_| SessionError::Malformed)?;
+        let nonce = session.nonce;
         let expires = session.created.saturating_add(self.ttl.as_secs());
         let mut deleted = self.lock_deleted();
         let now = now();
         deleted.retain(|_, exp| *exp >= now);
         deleted.insert(nonce, expires);
-        Ok(())
+        Ok(session)
     }
 
     fn lock_deleted(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; NONCE_LEN], u64>> {
@@ -175,10 +241,16 @@ mod tests {
 
     #[test]
     fn round_trip_and_portable_between_instances() {
-        let token = sessions().issue("2025-06-18", "alice");
+        let token = sessions().issue(
+            "2025-06-18",
+            "alice",
+            ClientCapabilities::from_json(&serde_json::json!({"sampling": {}})),
+        );
         // A second instance with the same secret accepts it.
         let s = sessions().open(&token).unwrap();
         assert_eq!(s.protocol_version, "2025-06-18");
+        assert!(s.capabilities.allows("sampling/createMessage", None));
+        assert!(!s.capabilities.allows("elicitation/create", None));
         assert!(s.belongs_to("alice"));
         assert!(!s.belongs_to("bob"));
         assert!(token.bytes().all(|b| (0x21..=0x7e).contains(&b)));
@@ -187,7 +259,7 @@ mod tests {
     #[test]
     fn refuses_forged_malformed_and_deleted() {
         let a = sessions();
-        let token = a.issue("2025-11-25", "k");
+        let token = a.issue("2025-11-25", "k", ClientCapabilities::default());
         let other = Sessions::new(b"other", Duration::from_secs(3600));
         assert_eq!(other.open(&token), Err(SessionError::BadSeal));
         assert_eq!(a.open("not-a-session"), Err(SessionError::Malformed));
@@ -198,7 +270,7 @@ mod tests {
     #[test]
     fn expires() {
         let s = Sessions::new(b"x", Duration::from_secs(0));
-        let mut token = s.issue("2025-11-25", "k");
+        let mut token = s.issue("2025-11-25", "k", ClientCapabilities::default());
         // Rewrite the creation time into the past and re-seal.
         let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
         bytes[1..9].copy_from_slice(&(now() - 10).to_be_bytes());

@@ -71,15 +71,23 @@ impl Gateway {
             }
             body.extend_from_slice(&chunk);
         }
+        // The pipeline borrows the head while the connection is watched for the client going
+        // away (which drops the pipeline's future and so cancels its upstream call).
         let head = session.req_header();
-        let response = self
-            .mcp
-            .handle(Request {
-                method: &head.method,
-                headers: &head.headers,
-                body: &body,
-            })
-            .await;
+        let (method, headers) = (head.method.clone(), head.headers.clone());
+        let handled = self.mcp.handle(Request {
+            method: &method,
+            headers: &headers,
+            body: &body,
+        });
+        let response = tokio::select! {
+            response = handled => response,
+            // The client went away: dropping the pipeline cancels its upstream call.
+            _ = session.downstream_session.read_body_or_idle(true) => {
+                session.set_keepalive(None);
+                return Ok(());
+            }
+        };
         ctx.upstream_time = response.upstream_time;
         respond::write(session, response).await
     }

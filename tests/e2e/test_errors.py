@@ -215,12 +215,24 @@ def test_allowed_origins_are_served(client, origin):
     assert response.status_code == 200, f"Origin {origin}: HTTP {response.status_code} {response.text}"
 
 
-def test_get_is_405(client):
+def test_get_opens_the_notification_stream(client):
+    headers = {"Accept": "text/event-stream", "Mcp-Session-Id": client.session_id, **client.key_headers()}
+    with client.http.stream("GET", client.url, headers=headers, timeout=5) as response:
+        assert response.status_code == 200, f"GET /mcp: HTTP {response.status_code}"
+        assert response.headers["content-type"].startswith("text/event-stream")
+        first = next(response.iter_raw())
+        assert first.startswith(b":"), first
+
+
+def test_get_needs_a_session_and_an_event_stream(client):
+    response = client.http.get(client.url, headers={"Accept": "text/event-stream", **client.key_headers()})
+    assert response.status_code == 400, response.text
+    assert "Mcp-Session-Id" in response.json()["error"]["message"]
     response = client.http.get(
-        client.url,
-        headers={"Accept": "text/event-stream", "Mcp-Session-Id": client.session_id, **client.key_headers()},
+        client.url, headers={"Accept": "application/json", "Mcp-Session-Id": client.session_id, **client.key_headers()}
     )
-    assert response.status_code == 405, f"GET /mcp: HTTP {response.status_code}: {response.text}"
+    assert response.status_code == 406, response.text
+    assert "text/event-stream" in response.json()["error"]["message"]
 
 
 # --------------------------------------------------------------------------- upstream down, then recovery

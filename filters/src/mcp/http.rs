@@ -1,9 +1,10 @@
 //! The HTTP side of `/mcp`, free of Pingora types: a request head and body in, a response out.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::value::RawValue;
+use tokio::sync::mpsc;
 
 use crate::jsonrpc;
 
@@ -15,12 +16,31 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
+/// A response body: whole, or a stream of server-sent events written as they come. The
+/// stream ends when its sender is dropped; a writer that stops reading (client gone) makes the
+/// producer stop and cancel its upstream work.
+#[derive(Debug)]
+pub enum Body {
+    Full(Bytes),
+    Events(mpsc::Receiver<Bytes>),
+}
+
+impl Body {
+    /// The whole body, if it is not a stream.
+    pub fn as_bytes(&self) -> Option<&Bytes> {
+        match self {
+            Body::Full(bytes) => Some(bytes),
+            Body::Events(_) => None,
+        }
+    }
+}
+
 /// The answer to write back.
 #[derive(Debug)]
 pub struct Response {
     pub status: StatusCode,
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub body: Bytes,
+    pub body: Body,
     /// Time spent waiting for an upstream, for the gateway-overhead metric.
     pub upstream_time: Option<std::time::Duration>,
 }
@@ -31,7 +51,20 @@ impl Response {
         Response {
             status,
             headers: vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-            body: body.into(),
+            body: Body::Full(body.into()),
+            upstream_time: None,
+        }
+    }
+
+    /// An event stream (`text/event-stream`), fed by the sender of `events`.
+    pub fn events(events: mpsc::Receiver<Bytes>) -> Self {
+        Response {
+            status: StatusCode::OK,
+            headers: vec![
+                (CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+                (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            ],
+            body: Body::Events(events),
             upstream_time: None,
         }
     }
@@ -46,7 +79,7 @@ impl Response {
         Response {
             status,
             headers: Vec::new(),
-            body: Bytes::new(),
+            body: Body::Full(Bytes::new()),
             upstream_time: None,
         }
     }

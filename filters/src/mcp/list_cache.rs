@@ -1,4 +1,5 @@
-//! Serialized `tools/list` pages per (key, policy version, catalog version, page).
+//! Serialized list pages (tools, resources, templates, prompts) per (key, list, policy version,
+//! catalog version, page).
 //!
 //! At thousands of requests per second, `tools/list` must cost a lookup and a copy. A change of
 //! configuration or catalog moves a version, so stale entries are never hit; the LRU drops them.
@@ -11,6 +12,7 @@ use lru::LruCache;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct PageKey {
     pub key: Arc<str>,
+    pub kind: crate::catalog::Kind,
     pub policy_version: u64,
     pub catalog_version: u64,
     pub offset: usize,

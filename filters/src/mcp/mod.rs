@@ -7,13 +7,20 @@
 //! 2. authentication: the virtual key ([`crate::auth`])
 //! 3. rate limit of the key ([`crate::ratelimit`])
 //! 4. JSON-RPC framing ([`crate::jsonrpc`])
-//! 5. session: `initialize` opens one; every other request must carry a valid one
-//! 6. dispatch by method, with the key's tool policy ([`methods`], [`crate::policy`])
-//! 7. audit and metrics of the work done ([`crate::audit`], [`crate::metrics`])
+//! 5. session: `initialize` opens one; every other request must carry a valid one; `GET`
+//!    opens the session's notification stream ([`stream`])
+//! 6. a client's answers and cancellations go to what waits for them ([`live`])
+//! 7. dispatch by method, with the key's grants ([`methods`], [`calls`], [`crate::policy`]);
+//!    forwarded requests are relayed as JSON or SSE ([`relay`]) and accounted for in the audit
+//!    log and the metrics however they end
 
+mod calls;
 pub mod http;
 mod list_cache;
+pub mod live;
 mod methods;
+mod relay;
+mod stream;
 pub mod transport;
 
 use std::sync::Arc;
@@ -24,16 +31,18 @@ use ::http::header::{HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use ::http::{HeaderMap, Method, StatusCode};
 use arc_swap::ArcSwap;
 use sluice_conf::Config;
+use tokio::sync::watch;
 
-pub use self::http::{Request, Response};
-pub use self::methods::forward_params;
-use crate::audit::{AuditLog, AuditRecord, now_rfc3339};
+pub use self::calls::forward_params;
+pub use self::http::{Body, Request, Response};
+use self::live::Live;
+use crate::audit::AuditLog;
 use crate::auth::{KeyEntry, KeyStore};
 use crate::jsonrpc::{self, code};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
-use crate::session::{SessionError, Sessions};
-use crate::upstream::Upstreams;
+use crate::session::{Session, SessionError, Sessions};
+use crate::upstream::{Outcome, Upstreams};
 
 /// The header that narrows (never widens) the caller's tools for one request: a
 /// comma-separated list of names or globs.
@@ -63,6 +72,7 @@ impl Policy {
 }
 
 /// The services `/mcp` uses besides its policy; they outlive reloads.
+#[derive(Clone)]
 pub struct Services {
     pub upstreams: Arc<Upstreams>,
     pub audit: Arc<AuditLog>,
@@ -72,11 +82,14 @@ pub struct Services {
 
 /// Serves `/mcp`.
 pub struct McpEndpoint {
-    policy: ArcSwap<Policy>,
+    policy: Arc<ArcSwap<Policy>>,
+    /// The policy version, for streams that outlive a reload.
+    policy_changes: watch::Sender<u64>,
     versions: AtomicU64,
     sessions: Sessions,
     services: Services,
     list_cache: list_cache::ListCache,
+    live: Arc<Live>,
 }
 
 impl McpEndpoint {
@@ -87,11 +100,13 @@ impl McpEndpoint {
         session_ttl: Duration,
     ) -> Self {
         McpEndpoint {
-            policy: ArcSwap::from_pointee(Policy::from_config(config, 1)),
+            policy: Arc::new(ArcSwap::from_pointee(Policy::from_config(config, 1))),
+            policy_changes: watch::Sender::new(1),
             versions: AtomicU64::new(1),
             sessions: Sessions::new(session_secret, session_ttl),
             services,
             list_cache: list_cache::ListCache::new(4096),
+            live: Arc::default(),
         }
     }
 
@@ -101,6 +116,7 @@ impl McpEndpoint {
         let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
         self.policy
             .store(Arc::new(Policy::from_config(config, version)));
+        self.policy_changes.send_replace(version);
     }
 
     /// The largest body the proxy should read.
@@ -138,20 +154,12 @@ impl McpEndpoint {
 
         // 1. transport
         transport::check_origin(request.headers, &policy.allowed_origins)?;
-        let is_delete = match *request.method {
-            Method::POST => false,
-            Method::DELETE => true,
-            Method::GET => {
-                return Err(method_not_allowed(
-                    "Sluice does not offer a server-to-client stream on GET yet; use POST",
-                ));
-            }
-            _ => {
-                return Err(method_not_allowed(
-                    "`/mcp` takes POST (and DELETE to end a session)",
-                ));
-            }
-        };
+        let method = request.method;
+        if ![Method::POST, Method::GET, Method::DELETE].contains(method) {
+            return Err(method_not_allowed(
+                "`/mcp` takes POST, GET (the notification stream) and DELETE (to end a session)",
+            ));
+        }
 
         // 2. authentication
         let caller = policy.keys.authenticate(request.headers).map_err(|e| {
@@ -190,8 +198,13 @@ impl McpEndpoint {
             .with_header(RETRY_AFTER, HeaderValue::from(seconds)));
         }
 
-        if is_delete {
+        if method == Method::DELETE {
             return Ok(self.delete_session(request.headers));
+        }
+        if method == Method::GET {
+            transport::check_get_headers(request.headers)?;
+            let (_, session) = self.require_session(request.headers, &caller, None)?;
+            return Ok(stream::open(self, caller, session.nonce));
         }
         transport::check_post_headers(request.headers)?;
         if request.body.len() > policy.max_body_bytes {
@@ -209,28 +222,20 @@ impl McpEndpoint {
             self.services.metrics.active_sessions.inc();
             return Ok(methods::initialize(self, &caller, &message));
         }
-        let Some(session_id) = request.headers.get(transport::SESSION_HEADER) else {
-            return Err(Response::refuse(
-                StatusCode::BAD_REQUEST,
-                message.id,
-                code::INVALID_REQUEST,
-                "missing Mcp-Session-Id header; send `initialize` first and repeat the session id it returns",
-            ));
-        };
-        self.open_session(session_id, &caller).map_err(|e| {
-            Response::refuse(
-                StatusCode::NOT_FOUND,
-                message.id,
-                code::INVALID_REQUEST,
-                &format!("unknown session: {e}; send `initialize` to start a new one"),
-            )
-        })?;
+        let (session_id, session) = self.require_session(request.headers, &caller, message.id)?;
+
+        // 6. answers and notifications from the client
+        if message.method.is_none() {
+            return Ok(self.client_answered(&session, &message));
+        }
         if !message.is_request() {
-            // Notifications and responses to server requests need no answer.
+            if message.method == Some("notifications/cancelled") {
+                self.client_cancelled(&session, &message);
+            }
             return Ok(Response::empty(StatusCode::ACCEPTED));
         }
 
-        // 6. dispatch
+        // 7. dispatch
         let narrowing = request
             .headers
             .get(NARROW_HEADER)
@@ -241,69 +246,96 @@ impl McpEndpoint {
             policy: &policy,
             caller: &caller,
             narrowing: narrowing.as_ref(),
+            session: &session,
+            session_id,
+            started,
         };
-        let (body, work) = methods::dispatch(&context, &message).await;
-
-        // 7. audit and metrics
-        let mut response = Response::json(StatusCode::OK, body);
-        if let Some(work) = work {
-            response.upstream_time = work.upstream_time;
-            self.account(&caller, &message, session_id, work, started);
-        }
-        Ok(response)
+        Ok(methods::dispatch(&context, &message).await)
     }
 
-    /// Record work done (a tool call) in the audit log and the metrics.
-    fn account(
+    /// The caller's session from the `Mcp-Session-Id` header, or the refusal to answer.
+    fn require_session<'h>(
         &self,
+        headers: &'h HeaderMap,
         caller: &KeyEntry,
-        message: &jsonrpc::Message<'_>,
-        session_id: &HeaderValue,
-        work: methods::Work,
-        started: Instant,
-    ) {
-        let server = work.server.as_deref().unwrap_or("-");
-        let tool = work.tool.as_deref().unwrap_or("-");
-        self.services
-            .metrics
-            .tool_calls
-            .with_label_values(&[server, tool, work.status])
-            .inc();
-        if let (Some(server), Some(elapsed)) = (&work.server, work.upstream_time) {
-            self.services
-                .metrics
-                .upstream_duration
-                .with_label_values(&[server])
-                .observe(elapsed.as_secs_f64());
-        }
-        self.services.audit.record(AuditRecord {
-            time: now_rfc3339(),
-            request_id: message
-                .id
-                .map(|id| id.get().to_string())
-                .unwrap_or_default(),
-            session: session_fingerprint(session_id.as_bytes()),
-            key: caller.name.to_string(),
-            method: message.method.unwrap_or_default().to_string(),
-            server: work.server.map(|s| s.to_string()),
-            tool: work.tool,
-            argument_bytes: work.argument_bytes,
-            arguments: work.arguments,
-            status: work.status,
-            error: work.error,
-            upstream_ms: work.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
-            total_ms: started.elapsed().as_secs_f64() * 1000.0,
-        });
+        id: Option<&serde_json::value::RawValue>,
+    ) -> Result<(&'h HeaderValue, Session), Response> {
+        let Some(session_id) = headers.get(transport::SESSION_HEADER) else {
+            return Err(Response::refuse(
+                StatusCode::BAD_REQUEST,
+                id,
+                code::INVALID_REQUEST,
+                "missing Mcp-Session-Id header; send `initialize` first and repeat the session id it returns",
+            ));
+        };
+        let session = self.open_session(session_id, caller).map_err(|e| {
+            Response::refuse(
+                StatusCode::NOT_FOUND,
+                id,
+                code::INVALID_REQUEST,
+                &format!("unknown session: {e}; send `initialize` to start a new one"),
+            )
+        })?;
+        Ok((session_id, session))
     }
 
-    fn open_session(&self, header: &HeaderValue, caller: &KeyEntry) -> Result<(), SessionError> {
+    /// A client's answer to a request Sluice relayed to it from an upstream.
+    fn client_answered(&self, session: &Session, message: &jsonrpc::Message<'_>) -> Response {
+        let outcome = match (message.result, message.error) {
+            (_, Some(error)) => Outcome::Error(error.to_owned()),
+            (Some(result), None) => Outcome::Result(result.to_owned()),
+            (None, None) => unreachable_response(),
+        };
+        let id = message.id.map(|id| id.get()).unwrap_or("null");
+        if self.live.client_answered(session.nonce, id, outcome) {
+            return Response::empty(StatusCode::ACCEPTED);
+        }
+        Response::refuse(
+            StatusCode::BAD_REQUEST,
+            None,
+            code::INVALID_REQUEST,
+            &format!(
+                "no request with id {id} is waiting for this session's answer on this gateway (it was answered, timed out, or was sent by another instance)"
+            ),
+        )
+    }
+
+    /// `notifications/cancelled`: stop the call it names, if it is in flight here.
+    fn client_cancelled(&self, session: &Session, message: &jsonrpc::Message<'_>) {
+        #[derive(serde::Deserialize)]
+        struct Params<'a> {
+            #[serde(borrow, rename = "requestId")]
+            request_id: &'a serde_json::value::RawValue,
+        }
+        let Some(params) = message
+            .params
+            .and_then(|p| serde_json::from_str::<Params<'_>>(p.get()).ok())
+        else {
+            return;
+        };
+        if !self
+            .live
+            .cancel_call(session.nonce, params.request_id.get())
+        {
+            tracing::debug!(
+                request = params.request_id.get(),
+                "notifications/cancelled for a call not in flight here"
+            );
+        }
+    }
+
+    fn open_session(
+        &self,
+        header: &HeaderValue,
+        caller: &KeyEntry,
+    ) -> Result<Session, SessionError> {
         let token = header.to_str().map_err(|_| SessionError::Malformed)?;
         let session = self.sessions.open(token)?;
         if !session.belongs_to(&caller.name) {
             // Another key's session: as good as unknown.
             return Err(SessionError::BadSeal);
         }
-        Ok(())
+        Ok(session)
     }
 
     fn delete_session(&self, headers: &HeaderMap) -> Response {
@@ -319,7 +351,8 @@ impl McpEndpoint {
             );
         };
         match self.sessions.delete(token) {
-            Ok(()) => {
+            Ok(session) => {
+                self.live.end_session(session.nonce);
                 self.services.metrics.active_sessions.dec();
                 Response::empty(StatusCode::OK)
             }
@@ -333,6 +366,11 @@ impl McpEndpoint {
     }
 }
 
+/// `jsonrpc::parse` refuses a message without `method`, `result` or `error`.
+fn unreachable_response() -> Outcome {
+    crate::upstream::client_error(code::INVALID_REQUEST, "a response without result or error")
+}
+
 fn method_not_allowed(message: &str) -> Response {
     Response::refuse(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -342,7 +380,7 @@ fn method_not_allowed(message: &str) -> Response {
     )
     .with_header(
         ::http::header::ALLOW,
-        HeaderValue::from_static("POST, DELETE"),
+        HeaderValue::from_static("GET, POST, DELETE"),
     )
 }
 

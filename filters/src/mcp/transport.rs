@@ -111,6 +111,26 @@ pub fn check_post_headers(headers: &HeaderMap) -> Result<(), Response> {
     Ok(())
 }
 
+/// A GET opens an event stream: the client must accept one.
+pub fn check_get_headers(headers: &HeaderMap) -> Result<(), Response> {
+    let accepts_events = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .any(|t| t.eq_ignore_ascii_case("text/event-stream") || t == "*/*");
+    if accepts_events {
+        return Ok(());
+    }
+    Err(Response::refuse(
+        StatusCode::NOT_ACCEPTABLE,
+        None,
+        code::INVALID_REQUEST,
+        "GET /mcp opens an event stream: the Accept header must allow text/event-stream",
+    ))
+}
+
 /// The `MCP-Protocol-Version` header, when present, must name a version Sluice speaks.
 pub fn check_protocol_version(headers: &HeaderMap) -> Result<(), Response> {
     let Some(value) = headers.get(PROTOCOL_HEADER) else {

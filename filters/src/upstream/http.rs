@@ -15,28 +15,45 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::value::RawValue;
 use sluice_conf::HttpTransport;
+use tokio::sync::oneshot;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    Outcome, UpstreamError, UpstreamMessage, initialize_params, notification_bytes, request_bytes,
+    Announcements, CallOptions, Event, MAX_MESSAGE_BYTES, Outcome, ServerRequest, UpstreamError,
+    UpstreamMessage, cancelled_bytes, client_error, initialize_params, notification_bytes,
+    request_bytes, response_bytes,
 };
+use crate::jsonrpc::code;
+use crate::sse::SseReader;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const PROTOCOL_HEADER: &str = "mcp-protocol-version";
+/// How long to wait before opening the upstream's GET stream again after it ended.
+const LISTEN_RETRY: Duration = Duration::from_secs(2);
 
 /// One Streamable HTTP upstream.
 pub struct HttpConnection {
+    wire: Arc<Wire>,
+    timeout: Duration,
+    next_id: AtomicU64,
+    /// Stops the GET stream listener when the connection goes.
+    _listening: DropGuard,
+    listen: CancellationToken,
+}
+
+/// What sending to the upstream needs; shared with the tasks that answer its requests and
+/// listen on its GET stream.
+struct Wire {
     server: Arc<str>,
     url: reqwest::Url,
     client: reqwest::Client,
-    timeout: Duration,
     /// The upstream's session id and negotiated protocol version, once initialized.
     session: RwLock<Option<UpstreamSession>>,
-    next_id: AtomicU64,
+    announcements: Arc<Announcements>,
 }
 
 /// What an answer says about our upstream session.
@@ -58,6 +75,7 @@ impl HttpConnection {
         server: Arc<str>,
         config: &HttpTransport,
         timeout: Duration,
+        announcements: Arc<Announcements>,
     ) -> Result<Self, UpstreamError> {
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
@@ -108,29 +126,46 @@ impl HttpConnection {
                 server: server.clone(),
                 detail: format!("cannot build the HTTP client: {e}"),
             })?;
+        let listen = CancellationToken::new();
         Ok(HttpConnection {
-            server,
-            url,
-            client,
+            wire: Arc::new(Wire {
+                server,
+                url,
+                client,
+                session: RwLock::new(None),
+                announcements,
+            }),
             timeout,
-            session: RwLock::new(None),
             next_id: AtomicU64::new(1),
+            _listening: listen.clone().drop_guard(),
+            listen,
         })
     }
 
-    /// Run the MCP handshake and keep the upstream's session id.
-    pub async fn initialize(&self) -> Result<(), UpstreamError> {
-        *self.session.write().unwrap_or_else(|p| p.into_inner()) = None;
+    /// Run the MCP handshake and keep the upstream's session id; then listen on the
+    /// upstream's GET stream for what it announces outside calls (list changes, updates).
+    /// Returns the upstream's `initialize` result.
+    pub async fn initialize(&self) -> Result<Box<RawValue>, UpstreamError> {
+        let wire = &self.wire;
+        wire.set_session(None);
         let params =
-            RawValue::from_string(initialize_params()).map_err(|e| self.protocol(e.to_string()))?;
+            RawValue::from_string(initialize_params()).map_err(|e| wire.protocol(e.to_string()))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let response = self
+        let response = wire
             .post(request_bytes(id, "initialize", Some(&params)), None)
             .await?;
         let session_id = response.headers().get(SESSION_HEADER).cloned();
-        let outcome = self.read_answer(response, id).await?;
-        let protocol_version = match &outcome {
-            Outcome::Result(result) => serde_json::from_str::<serde_json::Value>(result.get())
+        let outcome = wire
+            .read_answer(response, id, &CallOptions::default())
+            .await?;
+        let result = match outcome {
+            Outcome::Result(result) => result,
+            Outcome::Error(error) => {
+                return Err(wire.protocol(format!("initialize was refused: {}", error.get())));
+            }
+        };
+        let protocol_version = match Some(&result) {
+            Some(result) => serde_json::from_str::<serde_json::Value>(result.get())
                 .ok()
                 .and_then(|v| {
                     v.get("protocolVersion")
@@ -138,72 +173,132 @@ impl HttpConnection {
                         .map(str::to_owned)
                 })
                 .unwrap_or_else(|| crate::protocol::LATEST.to_string()),
-            Outcome::Error(error) => {
-                return Err(self.protocol(format!("initialize was refused: {}", error.get())));
-            }
+            None => crate::protocol::LATEST.to_string(),
         };
         let session = UpstreamSession {
             id: session_id,
             protocol_version: HeaderValue::try_from(protocol_version)
-                .map_err(|e| self.protocol(e.to_string()))?,
+                .map_err(|e| wire.protocol(e.to_string()))?,
         };
-        *self.session.write().unwrap_or_else(|p| p.into_inner()) = Some(session.clone());
-        let response = self
+        wire.set_session(Some(session.clone()));
+        let response = wire
             .post(
                 notification_bytes("notifications/initialized"),
                 Some(&session),
             )
             .await?;
         if !response.status().is_success() {
-            return Err(self.http_error(response).await);
+            return Err(wire.http_error(response).await);
         }
-        Ok(())
+        let wire = self.wire.clone();
+        let stop = self.listen.child_token();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = wire.listen() => {}
+                () = stop.cancelled() => {}
+            }
+        });
+        Ok(result)
     }
 
     /// Send a request and read its answer; initializes again once if the session is gone.
+    /// Dropping the future cancels the request at the upstream.
     pub async fn request(
         &self,
         method: &str,
         params: Option<&RawValue>,
+        options: &CallOptions,
     ) -> Result<Outcome, UpstreamError> {
+        let wire = &self.wire;
         let work = async {
             for attempt in 0..2 {
-                let session = self
-                    .session
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                let Some(session) = session else {
+                let Some(session) = wire.current_session() else {
                     self.initialize().await?;
                     continue;
                 };
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let response = self
+                let mut guard = CancelOnDrop {
+                    wire,
+                    id,
+                    session: &session,
+                    armed: true,
+                };
+                let response = wire
                     .post(request_bytes(id, method, params), Some(&session))
                     .await?;
                 if session.id.is_some() && attempt == 0 {
-                    match self.session_gone(response).await {
+                    match wire.session_gone(response).await {
                         SessionCheck::Gone(reason) => {
-                            tracing::info!(server = %self.server, "upstream session is gone ({reason}); initializing again");
+                            guard.armed = false;
+                            tracing::info!(server = %wire.server, "upstream session is gone ({reason}); initializing again");
                             self.initialize().await?;
                             continue;
                         }
                         SessionCheck::Alive(response) => {
-                            return self.read_answer(*response, id).await;
+                            let answer = wire.read_answer(*response, id, options).await;
+                            guard.armed = answer.is_err();
+                            return answer;
                         }
-                        SessionCheck::Failed(error) => return Err(error),
+                        SessionCheck::Failed(error) => {
+                            guard.armed = false;
+                            return Err(error);
+                        }
                     }
                 }
-                return self.read_answer(response, id).await;
+                let answer = wire.read_answer(response, id, options).await;
+                guard.armed = answer.is_err();
+                return answer;
             }
-            Err(self.protocol("the upstream refused a fresh session".into()))
+            Err(wire.protocol("the upstream refused a fresh session".into()))
         };
         tokio::time::timeout(self.timeout, work)
             .await
             .map_err(|_| UpstreamError::Timeout {
-                server: self.server.clone(),
+                server: wire.server.clone(),
                 timeout: self.timeout,
             })?
+    }
+}
+
+/// Tells the upstream to stop working on request `id` when its caller stops waiting (client
+/// gone, cancelled, timeout). Closing the HTTP stream is not enough: the specification says a
+/// disconnect is not a cancellation.
+struct CancelOnDrop<'a> {
+    wire: &'a Arc<Wire>,
+    id: u64,
+    session: &'a UpstreamSession,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let wire = self.wire.clone();
+        let session = self.session.clone();
+        let message = cancelled_bytes(self.id, "the client is gone");
+        runtime.spawn(async move {
+            if let Err(e) = wire.post(message, Some(&session)).await {
+                tracing::debug!(server = %wire.server, "could not send notifications/cancelled: {e}");
+            }
+        });
+    }
+}
+
+impl Wire {
+    fn current_session(&self) -> Option<UpstreamSession> {
+        self.session
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_session(&self, session: Option<UpstreamSession>) {
+        *self.session.write().unwrap_or_else(|p| p.into_inner()) = session;
     }
 
     /// Whether the upstream forgot our session: 404 per the specification, or a 400 that says
@@ -213,7 +308,7 @@ impl HttpConnection {
         match response.status() {
             reqwest::StatusCode::NOT_FOUND => SessionCheck::Gone("HTTP 404".into()),
             reqwest::StatusCode::BAD_REQUEST => {
-                let body = response.text().await.unwrap_or_default();
+                let body = read_text(response).await;
                 if body.to_ascii_lowercase().contains("session") {
                     SessionCheck::Gone(format!(
                         "HTTP 400: {}",
@@ -243,10 +338,7 @@ impl HttpConnection {
             .header(CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(session) = session {
-            if let Some(id) = &session.id {
-                request = request.header(SESSION_HEADER, id.clone());
-            }
-            request = request.header(PROTOCOL_HEADER, session.protocol_version.clone());
+            request = session.apply(request);
         }
         request.send().await.map_err(|e| UpstreamError::Connect {
             server: self.server.clone(),
@@ -254,44 +346,46 @@ impl HttpConnection {
         })
     }
 
-    /// Take the answer to request `id` from a JSON or SSE response.
+    /// Take the answer to request `id` from a JSON or SSE response; what comes before it in
+    /// a stream goes to the call's events.
     async fn read_answer(
-        &self,
+        self: &Arc<Self>,
         response: reqwest::Response,
         id: u64,
+        options: &CallOptions,
     ) -> Result<Outcome, UpstreamError> {
         if !response.status().is_success() {
             return Err(self.http_error(response).await);
         }
-        let is_sse = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("text/event-stream"));
-        if !is_sse {
-            let body = response.bytes().await.map_err(|e| self.connect(e))?;
+        if !is_event_stream(&response) {
+            let body = read_bounded(response, MAX_MESSAGE_BYTES)
+                .await
+                .map_err(|detail| self.protocol(detail))?;
             let message: UpstreamMessage = serde_json::from_slice(&body)
                 .map_err(|e| self.protocol(format!("the JSON answer is invalid: {e}")))?;
             return message
                 .into_outcome()
                 .ok_or_else(|| self.protocol("the answer has no `result` or `error`".into()));
         }
-        let mut events = response.bytes_stream().eventsource();
-        while let Some(event) = events.next().await {
-            let event = event.map_err(|e| self.protocol(format!("the event stream broke: {e}")))?;
+        let mut events = SseReader::new(response.bytes_stream(), MAX_MESSAGE_BYTES);
+        while let Some(event) = events.next_event().await {
+            let event = event.map_err(|e| self.protocol(format!("the event stream: {e}")))?;
             if event.data.is_empty() {
                 continue;
             }
             let Ok(message) = serde_json::from_str::<UpstreamMessage>(&event.data) else {
+                tracing::debug!(server = %self.server, "ignoring an event that is not JSON-RPC");
                 continue;
             };
-            if message.method.is_none() && message.id.as_ref().and_then(|v| v.as_u64()) == Some(id)
-            {
-                return message
-                    .into_outcome()
-                    .ok_or_else(|| self.protocol("the answer has no `result` or `error`".into()));
+            if message.method.is_none() {
+                if message.numeric_id() == Some(id) {
+                    return message.into_outcome().ok_or_else(|| {
+                        self.protocol("the answer has no `result` or `error`".into())
+                    });
+                }
+                continue;
             }
-            // Progress and log notifications are relayed once downstream streams exist.
+            self.route(message, event.data, options);
         }
         Err(UpstreamError::Disconnected {
             server: self.server.clone(),
@@ -299,21 +393,113 @@ impl HttpConnection {
         })
     }
 
+    /// Route a request or notification from the upstream: announcements to the supervisor,
+    /// the rest to the call it came with (if any).
+    fn route(self: &Arc<Self>, message: UpstreamMessage, data: String, options: &CallOptions) {
+        let Some(method) = message.method.clone() else {
+            return;
+        };
+        match (&message.id, method.as_str()) {
+            (None, "notifications/tools/list_changed")
+            | (None, "notifications/resources/list_changed")
+            | (None, "notifications/prompts/list_changed") => {
+                self.announcements.list_changed.notify_one()
+            }
+            (None, "notifications/resources/updated") => {
+                self.announcements.resource_updated(&self.server, &message)
+            }
+            (None, _) => {
+                if let Ok(raw) = RawValue::from_string(data) {
+                    options.deliver(&self.server, Event::Notification(raw));
+                }
+            }
+            (Some(id), _) => {
+                let id = id.get().to_string();
+                let (reply, answer) = oneshot::channel();
+                let request = ServerRequest {
+                    method: method.clone(),
+                    params: message.params,
+                    reply,
+                };
+                if method == "ping" {
+                    let _ = request.reply.send(Outcome::Result(
+                        RawValue::from_string("{}".into()).unwrap_or_default(),
+                    ));
+                } else {
+                    options.deliver(&self.server, Event::Request(request));
+                }
+                self.answer_later(id, method, answer);
+            }
+        }
+    }
+
+    /// Send the client's answer to the upstream's request `id` once it comes.
+    fn answer_later(
+        self: &Arc<Self>,
+        id: String,
+        method: String,
+        answer: oneshot::Receiver<Outcome>,
+    ) {
+        let wire = self.clone();
+        tokio::spawn(async move {
+            let outcome = answer.await.unwrap_or_else(|_| {
+                client_error(
+                    code::INTERNAL_ERROR,
+                    &format!("the client did not answer `{method}`"),
+                )
+            });
+            let session = wire.current_session();
+            if let Err(e) = wire
+                .post(response_bytes(&id, &outcome), session.as_ref())
+                .await
+            {
+                tracing::warn!(server = %wire.server, "could not answer the upstream's `{method}`: {e}");
+            }
+        });
+    }
+
+    /// Read the upstream's GET stream while it is offered: list changes and resource updates
+    /// come this way outside calls. An upstream that offers none (405) is not asked again.
+    async fn listen(self: Arc<Self>) {
+        loop {
+            let Some(session) = self.current_session() else {
+                return;
+            };
+            let request = session.apply(
+                self.client
+                    .get(self.url.clone())
+                    .header(ACCEPT, "text/event-stream"),
+            );
+            let response = match request.send().await {
+                Ok(r) if r.status().is_success() && is_event_stream(&r) => r,
+                Ok(r) => {
+                    tracing::debug!(server = %self.server, status = r.status().as_u16(), "the upstream offers no GET stream");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(server = %self.server, "the upstream's GET stream failed: {}", error_chain(&e));
+                    tokio::time::sleep(LISTEN_RETRY).await;
+                    continue;
+                }
+            };
+            let mut events = SseReader::new(response.bytes_stream(), MAX_MESSAGE_BYTES);
+            while let Some(Ok(event)) = events.next_event().await {
+                if let Ok(message) = serde_json::from_str::<UpstreamMessage>(&event.data) {
+                    self.route(message, event.data, &CallOptions::default());
+                }
+            }
+            tokio::time::sleep(LISTEN_RETRY).await;
+        }
+    }
+
     async fn http_error(&self, response: reqwest::Response) -> UpstreamError {
         let status = response.status().as_u16();
-        let body = response.text().await.unwrap_or_default();
+        let body = read_text(response).await;
         let detail: String = body.chars().take(200).collect();
         UpstreamError::Http {
             server: self.server.clone(),
             status,
             detail,
-        }
-    }
-
-    fn connect(&self, e: reqwest::Error) -> UpstreamError {
-        UpstreamError::Connect {
-            server: self.server.clone(),
-            detail: error_chain(&e),
         }
     }
 
@@ -325,8 +511,53 @@ impl HttpConnection {
     }
 }
 
+impl UpstreamSession {
+    fn apply(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some(id) = &self.id {
+            request = request.header(SESSION_HEADER, id.clone());
+        }
+        request.header(PROTOCOL_HEADER, self.protocol_version.clone())
+    }
+}
+
+fn is_event_stream(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
+
+/// A response body, refused past `limit` bytes.
+pub(crate) async fn read_bounded(
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(format!("the answer is larger than {limit} bytes"));
+    }
+    let mut body = Vec::with_capacity(response.content_length().unwrap_or(1024) as usize);
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("reading the answer failed: {}", error_chain(&e)))?;
+        if body.len() + chunk.len() > limit {
+            return Err(format!("the answer is larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The start of an error body, for messages; never the whole of a large one.
+async fn read_text(response: reqwest::Response) -> String {
+    read_bounded(response, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
 /// reqwest's top-level message hides the cause ("error sending request"); show the chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

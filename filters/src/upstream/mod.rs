@@ -7,6 +7,11 @@
 //!
 //! Calls return the upstream's `result` or `error` as raw JSON so they can be passed back
 //! byte for byte.
+//!
+//! The call contract: a request may carry an [`EventSink`] for what the upstream sends while
+//! it works on it (progress, log messages, requests to the client), and it is cancelled by
+//! dropping its future: the connection then tells the upstream with `notifications/cancelled`,
+//! so no work is left running for a caller that is gone.
 
 pub mod http;
 pub mod stdio;
@@ -20,6 +25,180 @@ use serde_json::value::RawValue;
 
 pub use supervisor::{Health, ServerChanges, Upstream, Upstreams};
 
+/// How many events of one call may wait for the downstream writer; a caller that reads slower
+/// than its upstream writes loses events beyond this (progress and log messages) or refuses
+/// the upstream's requests, instead of growing Sluice's memory.
+pub const EVENTS_PER_CALL: usize = 64;
+
+/// The largest single message Sluice reads from an upstream (a line, an event or a body).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Where a call's events go.
+pub type EventSink = tokio::sync::mpsc::Sender<Event>;
+
+/// What an upstream sends while it handles a call, before the answer.
+#[derive(Debug)]
+pub enum Event {
+    /// A notification (progress, a log message, ...): the whole JSON-RPC message.
+    Notification(Box<RawValue>),
+    /// A request to the client (sampling, elicitation, roots).
+    Request(ServerRequest),
+}
+
+/// A request an upstream makes of its client during a call. Sending an [`Outcome`] on `reply`
+/// answers it; dropping `reply` answers it with an error, so the upstream never hangs.
+#[derive(Debug)]
+pub struct ServerRequest {
+    pub method: String,
+    pub params: Option<Box<RawValue>>,
+    pub reply: tokio::sync::oneshot::Sender<Outcome>,
+}
+
+/// A call's options besides its method and params.
+#[derive(Debug, Default, Clone)]
+pub struct CallOptions {
+    pub events: Option<EventSink>,
+    /// The `_meta.progressToken` the upstream will see, as JSON, so that transports without a
+    /// stream per call (stdio, legacy SSE) can route progress to it.
+    pub progress_token: Option<String>,
+}
+
+impl CallOptions {
+    /// Hand `event` to the call's sink without waiting; a request that cannot be delivered is
+    /// answered with an error at once.
+    pub(crate) fn deliver(&self, server: &str, event: Event) {
+        let Some(sink) = &self.events else {
+            refuse_undeliverable(server, event);
+            return;
+        };
+        if let Err(e) = sink.try_send(event) {
+            let event = match e {
+                tokio::sync::mpsc::error::TrySendError::Full(ev)
+                | tokio::sync::mpsc::error::TrySendError::Closed(ev) => ev,
+            };
+            tracing::debug!(
+                server,
+                "a call's event was dropped: its client is not reading"
+            );
+            refuse_undeliverable(server, event);
+        }
+    }
+}
+
+/// Answer a request from an upstream that no client will see: no roots, and an error for the
+/// rest, so the upstream never waits for an answer that cannot come.
+pub(crate) fn refuse_undeliverable(server: &str, event: Event) {
+    if let Event::Request(request) = event {
+        let outcome = if request.method == "roots/list" {
+            Outcome::Result(
+                RawValue::from_string("{\"roots\":[]}".to_string())
+                    .unwrap_or_else(|_| empty_object()),
+            )
+        } else {
+            client_error(
+                crate::jsonrpc::code::METHOD_NOT_FOUND,
+                &format!(
+                    "Sluice has no client to relay `{}` to for server `{server}`",
+                    request.method
+                ),
+            )
+        };
+        let _ = request.reply.send(outcome);
+    }
+}
+
+/// `params._meta.progressToken` of a message's params, as JSON text.
+pub(crate) fn progress_token_of(params: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow, rename = "progressToken")]
+        progress_token: Option<&'a RawValue>,
+        #[serde(borrow, rename = "_meta")]
+        meta: Option<Meta<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Meta<'a> {
+        #[serde(borrow, rename = "progressToken")]
+        progress_token: Option<&'a RawValue>,
+    }
+    let params: Params<'_> = serde_json::from_str(params.get()).ok()?;
+    params
+        .progress_token
+        .or(params.meta.and_then(|m| m.progress_token))
+        .map(|t| t.get().to_string())
+}
+
+/// A resource an upstream says has changed (`notifications/resources/updated`).
+#[derive(Debug, Clone)]
+pub struct ResourceUpdate {
+    pub server: Arc<str>,
+    /// The URI as the upstream knows it.
+    pub uri: String,
+}
+
+/// What an upstream announces outside any call.
+#[derive(Debug)]
+pub struct Announcements {
+    /// Its tools, resources or prompts changed: re-sync it.
+    pub list_changed: tokio::sync::Notify,
+    updates: tokio::sync::broadcast::Sender<ResourceUpdate>,
+}
+
+impl Announcements {
+    pub fn new(updates: tokio::sync::broadcast::Sender<ResourceUpdate>) -> Self {
+        Announcements {
+            list_changed: tokio::sync::Notify::new(),
+            updates,
+        }
+    }
+
+    pub(crate) fn resource_updated(&self, server: &Arc<str>, message: &UpstreamMessage) {
+        #[derive(Deserialize)]
+        struct Params {
+            uri: String,
+        }
+        let Some(params) = message
+            .params
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<Params>(p.get()).ok())
+        else {
+            return;
+        };
+        let _ = self.updates.send(ResourceUpdate {
+            server: server.clone(),
+            uri: params.uri,
+        });
+    }
+}
+
+/// An error [`Outcome`] made by Sluice.
+pub(crate) fn client_error(code: i32, message: &str) -> Outcome {
+    let error = serde_json::json!({ "code": code, "message": message }).to_string();
+    Outcome::Error(RawValue::from_string(error).unwrap_or_else(|_| empty_object()))
+}
+
+fn empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".to_string()).unwrap_or_else(|_| unreachable!())
+}
+
+/// A response message Sluice sends upstream, answering the upstream's request `id` (raw JSON).
+pub(crate) fn response_bytes(id: &str, outcome: &Outcome) -> Vec<u8> {
+    let (member, value) = match outcome {
+        Outcome::Result(r) => ("result", r.get()),
+        Outcome::Error(e) => ("error", e.get()),
+    };
+    format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"{member}\":{value}}}").into_bytes()
+}
+
+/// The `notifications/cancelled` Sluice sends for its own request `id`.
+pub(crate) fn cancelled_bytes(id: u64, reason: &str) -> Vec<u8> {
+    format!(
+        "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{{\"requestId\":{id},\"reason\":{}}}}}",
+        serde_json::Value::from(reason)
+    )
+    .into_bytes()
+}
+
 /// The client information Sluice presents to upstream servers.
 pub(crate) fn initialize_params() -> String {
     let params = rmcp::model::InitializeRequestParams::new(
@@ -31,7 +210,7 @@ pub(crate) fn initialize_params() -> String {
 }
 
 /// What an upstream answered to a request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Outcome {
     /// The `result` member, verbatim.
     Result(Box<RawValue>),
@@ -79,9 +258,11 @@ impl UpstreamError {
 #[derive(Debug, Deserialize)]
 pub(crate) struct UpstreamMessage {
     #[serde(default)]
-    pub id: Option<serde_json::Value>,
+    pub id: Option<Box<RawValue>>,
     #[serde(default)]
     pub method: Option<String>,
+    #[serde(default)]
+    pub params: Option<Box<RawValue>>,
     #[serde(default)]
     pub result: Option<Box<RawValue>>,
     #[serde(default)]
@@ -89,6 +270,11 @@ pub(crate) struct UpstreamMessage {
 }
 
 impl UpstreamMessage {
+    /// The id as a number, if it is one of Sluice's own (Sluice numbers its requests).
+    pub fn numeric_id(&self) -> Option<u64> {
+        self.id.as_ref().and_then(|id| id.get().parse().ok())
+    }
+
     /// The outcome if this is a response.
     pub fn into_outcome(self) -> Option<Outcome> {
         match (self.result, self.error) {
@@ -130,15 +316,16 @@ pub enum Connection {
 }
 
 impl Connection {
-    /// Send a request and wait for its answer.
+    /// Send a request and wait for its answer; events on the way go to `options.events`.
     pub async fn request(
         &self,
         method: &str,
         params: Option<&RawValue>,
+        options: &CallOptions,
     ) -> Result<Outcome, UpstreamError> {
         match self {
-            Connection::Stdio(c) => c.request(method, params).await,
-            Connection::Http(c) => c.request(method, params).await,
+            Connection::Stdio(c) => c.request(method, params, options).await,
+            Connection::Http(c) => c.request(method, params, options).await,
         }
     }
 }

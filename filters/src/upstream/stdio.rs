@@ -8,21 +8,37 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::value::RawValue;
 use sluice_conf::StdioTransport;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
-use super::{Outcome, UpstreamError, UpstreamMessage, request_bytes};
+use super::{
+    Announcements, CallOptions, Event, MAX_MESSAGE_BYTES, Outcome, ServerRequest, UpstreamError,
+    UpstreamMessage, cancelled_bytes, client_error, request_bytes, response_bytes,
+};
+use crate::jsonrpc::code;
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Outcome, UpstreamError>>>>>;
+/// Lines waiting to be written to the child; a child that stops reading makes new calls fail
+/// at once instead of queueing without end.
+const OUTGOING_QUEUE: usize = 1024;
+
+/// A call waiting for its answer.
+struct PendingCall {
+    answer: oneshot::Sender<Result<Outcome, UpstreamError>>,
+    options: CallOptions,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, PendingCall>>>;
 
 /// A running child process and the tasks that talk to it.
 pub struct StdioConnection {
     server: Arc<str>,
     timeout: Duration,
-    outgoing: mpsc::UnboundedSender<Vec<u8>>,
+    outgoing: mpsc::Sender<Vec<u8>>,
     pending: Pending,
     next_id: AtomicU64,
     /// Becomes `Some(reason)` when the process is gone.
@@ -33,12 +49,13 @@ pub struct StdioConnection {
 }
 
 impl StdioConnection {
-    /// Start the child process. `list_changed` is notified when it announces new tools.
+    /// Start the child process. What it announces outside calls (list changes, resource
+    /// updates) goes to `announcements`.
     pub fn spawn(
         server: Arc<str>,
         config: &StdioTransport,
         timeout: Duration,
-        list_changed: Arc<Notify>,
+        announcements: Arc<Announcements>,
     ) -> Result<Self, UpstreamError> {
         let mut command = Command::new(&config.command);
         command
@@ -66,7 +83,7 @@ impl StdioConnection {
         };
 
         let pending: Pending = Arc::default();
-        let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (outgoing, mut outgoing_rx) = mpsc::channel::<Vec<u8>>(OUTGOING_QUEUE);
         let (closed_tx, closed) = watch::channel(None);
         let (kill, kill_rx) = oneshot::channel();
 
@@ -87,9 +104,22 @@ impl StdioConnection {
             let pending = pending.clone();
             let outgoing = outgoing.clone();
             tokio::spawn(async move {
-                let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    handle_line(&server, &line, &pending, &outgoing, &list_changed);
+                let codec = LinesCodec::new_with_max_length(MAX_MESSAGE_BYTES);
+                let mut lines = FramedRead::new(stdout, codec);
+                while let Some(line) = lines.next().await {
+                    match line {
+                        Ok(line) => {
+                            handle_line(&server, &line, &pending, &outgoing, &announcements)
+                        }
+                        Err(LinesCodecError::MaxLineLengthExceeded) => tracing::warn!(
+                            server = %server,
+                            "ignoring a stdout line longer than {MAX_MESSAGE_BYTES} bytes"
+                        ),
+                        Err(LinesCodecError::Io(e)) => {
+                            tracing::warn!(server = %server, "reading stdout failed: {e}");
+                            break;
+                        }
+                    }
                 }
             });
         }
@@ -114,7 +144,7 @@ impl StdioConnection {
                 tracing::warn!(server = %server, "upstream process ended: {reason}");
                 let waiters: Vec<_> = {
                     let mut map = pending.lock().unwrap_or_else(|p| p.into_inner());
-                    map.drain().map(|(_, tx)| tx).collect()
+                    map.drain().map(|(_, call)| call.answer).collect()
                 };
                 for tx in waiters {
                     let _ = tx.send(Err(UpstreamError::Disconnected {
@@ -153,10 +183,12 @@ impl StdioConnection {
     }
 
     /// Send a request and wait for the answer (or the process's end, or the timeout).
+    /// Dropping the future cancels the request at the server.
     pub async fn request(
         &self,
         method: &str,
         params: Option<&RawValue>,
+        options: &CallOptions,
     ) -> Result<Outcome, UpstreamError> {
         if let Some(reason) = self.closed.borrow().clone() {
             return Err(UpstreamError::Unavailable {
@@ -165,32 +197,49 @@ impl StdioConnection {
             });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.lock_pending().insert(id, tx);
-        if self
-            .outgoing
-            .send(request_bytes(id, method, params))
-            .is_err()
-        {
+        let (answer, rx) = oneshot::channel();
+        self.lock_pending().insert(
+            id,
+            PendingCall {
+                answer,
+                options: options.clone(),
+            },
+        );
+        let mut guard = CancelOnDrop {
+            id,
+            pending: &self.pending,
+            outgoing: &self.outgoing,
+            reason: "the client is gone",
+        };
+        if let Err(e) = self.outgoing.try_send(request_bytes(id, method, params)) {
             self.lock_pending().remove(&id);
+            std::mem::forget(guard);
+            let reason = match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    "it is not reading its stdin (the queue to it is full)"
+                }
+                mpsc::error::TrySendError::Closed(_) => "its stdin is closed",
+            };
             return Err(UpstreamError::Disconnected {
                 server: self.server.clone(),
-                reason: "its stdin is closed".into(),
+                reason: reason.into(),
             });
         }
         match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(UpstreamError::Disconnected {
-                server: self.server.clone(),
-                reason: "the reader stopped".into(),
-            }),
+            Ok(Ok(answer)) => {
+                std::mem::forget(guard);
+                answer
+            }
+            Ok(Err(_)) => {
+                std::mem::forget(guard);
+                Err(UpstreamError::Disconnected {
+                    server: self.server.clone(),
+                    reason: "the reader stopped".into(),
+                })
+            }
             Err(_) => {
-                self.lock_pending().remove(&id);
-                // Tell the server to stop working on it.
-                let cancel = format!(
-                    "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{{\"requestId\":{id},\"reason\":\"timeout\"}}}}"
-                );
-                let _ = self.outgoing.send(cancel.into_bytes());
+                guard.reason = "timeout";
+                drop(guard);
                 Err(UpstreamError::Timeout {
                     server: self.server.clone(),
                     timeout: self.timeout,
@@ -201,14 +250,35 @@ impl StdioConnection {
 
     /// Send a notification; nothing comes back.
     pub fn notify(&self, message: Vec<u8>) {
-        let _ = self.outgoing.send(message);
+        let _ = self.outgoing.try_send(message);
     }
 
-    fn lock_pending(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<Outcome, UpstreamError>>>>
-    {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, PendingCall>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Cancels a request at the server when its caller stops waiting for it (client gone,
+/// `notifications/cancelled`, timeout): the call is forgotten and the server told.
+struct CancelOnDrop<'a> {
+    id: u64,
+    pending: &'a Pending,
+    outgoing: &'a mpsc::Sender<Vec<u8>>,
+    reason: &'static str,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        let removed = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        if removed.is_some() {
+            let _ = self
+                .outgoing
+                .try_send(cancelled_bytes(self.id, self.reason));
+        }
     }
 }
 
@@ -229,8 +299,8 @@ fn handle_line(
     server: &Arc<str>,
     line: &str,
     pending: &Pending,
-    outgoing: &mpsc::UnboundedSender<Vec<u8>>,
-    list_changed: &Notify,
+    outgoing: &mpsc::Sender<Vec<u8>>,
+    announcements: &Announcements,
 ) {
     if line.trim().is_empty() {
         return;
@@ -242,50 +312,99 @@ fn handle_line(
             return;
         }
     };
-    match (&message.id, message.method.as_deref()) {
+    let lock = || pending.lock().unwrap_or_else(|p| p.into_inner());
+    match (message.id.is_some(), message.method.clone()) {
         // A response to one of our requests.
-        (Some(id), None) => {
-            let Some(id) = id.as_u64() else {
-                tracing::warn!(server = %server, "response with an id Sluice never sent: {id}");
+        (true, None) => {
+            let Some(id) = message.numeric_id() else {
+                tracing::warn!(server = %server, "a response with an id Sluice never sent");
                 return;
             };
-            let waiter = pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            let waiter = lock().remove(&id);
             let outcome = message
                 .into_outcome()
                 .ok_or_else(|| UpstreamError::Protocol {
                     server: server.clone(),
                     detail: "a response without `result` or `error`".into(),
                 });
-            if let Some(tx) = waiter {
-                let _ = tx.send(outcome);
+            if let Some(call) = waiter {
+                let _ = call.answer.send(outcome);
             }
         }
-        // A request from the server to its client.
-        (Some(id), Some(method)) => {
-            let answer = server_request_answer(method);
-            let line = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},{answer}}}");
-            let _ = outgoing.send(line.into_bytes());
+        // A request from the server to its client: relayed to the one call in flight that can
+        // carry it. stdio has no way to say which call a request belongs to, so with several
+        // calls in flight Sluice cannot tell and answers it itself.
+        (true, Some(method)) => {
+            let id = message
+                .id
+                .map(|id| id.get().to_string())
+                .unwrap_or_default();
+            if method == "ping" {
+                let _ = outgoing.try_send(response_bytes(&id, &Outcome::Result(empty_result())));
+                return;
+            }
+            let (reply, answer) = oneshot::channel();
+            let request = Event::Request(ServerRequest {
+                method: method.clone(),
+                params: message.params,
+                reply,
+            });
+            match only_call_with_events(&lock()) {
+                Some(options) => options.deliver(server, request),
+                None => super::refuse_undeliverable(server, request),
+            }
+            let outgoing = outgoing.clone();
+            tokio::spawn(async move {
+                let outcome = answer.await.unwrap_or_else(|_| {
+                    client_error(
+                        code::INTERNAL_ERROR,
+                        &format!("the client did not answer `{method}`"),
+                    )
+                });
+                let _ = outgoing.send(response_bytes(&id, &outcome)).await;
+            });
         }
-        (None, Some("notifications/tools/list_changed")) => list_changed.notify_one(),
-        (None, Some(method)) => tracing::debug!(server = %server, method, "upstream notification"),
-        (None, None) => {
+        (false, Some(method)) => match method.as_str() {
+            "notifications/tools/list_changed"
+            | "notifications/resources/list_changed"
+            | "notifications/prompts/list_changed" => announcements.list_changed.notify_one(),
+            "notifications/resources/updated" => announcements.resource_updated(server, &message),
+            "notifications/progress" => {
+                let token = message.params.as_deref().and_then(super::progress_token_of);
+                let calls = lock();
+                let call = calls.values().find(|c| {
+                    c.options.progress_token.is_some() && c.options.progress_token == token
+                });
+                if let (Some(call), Ok(raw)) = (call, RawValue::from_string(line.to_string())) {
+                    call.options.deliver(server, Event::Notification(raw));
+                }
+            }
+            _ => {
+                let calls = lock();
+                match (
+                    only_call_with_events(&calls),
+                    RawValue::from_string(line.to_string()),
+                ) {
+                    (Some(options), Ok(raw)) => options.deliver(server, Event::Notification(raw)),
+                    _ => tracing::debug!(server = %server, method, "upstream notification"),
+                }
+            }
+        },
+        (false, None) => {
             tracing::warn!(server = %server, "ignoring a message with neither id nor method")
         }
     }
 }
 
-/// What Sluice answers to requests an upstream sends its client. Relaying them to the
-/// downstream session that caused them comes with server-to-client streams.
-pub(crate) fn server_request_answer(method: &str) -> String {
-    match method {
-        "ping" => "\"result\":{}".to_string(),
-        "roots/list" => "\"result\":{\"roots\":[]}".to_string(),
-        other => format!(
-            "\"error\":{{\"code\":-32601,\"message\":{}}}",
-            serde_json::Value::from(format!("Sluice does not relay `{other}` to clients yet"))
-        ),
+/// The options of the single call in flight that has an event sink, if there is exactly one.
+fn only_call_with_events(calls: &HashMap<u64, PendingCall>) -> Option<&CallOptions> {
+    let mut with_events = calls.values().filter(|c| c.options.events.is_some());
+    match (with_events.next(), with_events.next()) {
+        (Some(call), None) => Some(&call.options),
+        _ => None,
     }
+}
+
+fn empty_result() -> Box<RawValue> {
+    RawValue::from_string("{}".to_string()).unwrap_or_else(|_| unreachable!())
 }

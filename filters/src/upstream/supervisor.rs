@@ -1,8 +1,8 @@
 //! Keeps each upstream connected and its tools in the catalog.
 //!
 //! One task per server: connect (start the process or initialize over HTTP), read every page of
-//! `tools/list` into the catalog, then wait for the sync interval, a `list_changed`
-//! notification or the connection's end. A failure marks the server unhealthy and retries with
+//! its tools, resources, resource templates and prompts into the catalog, then wait for the
+//! sync interval, a `list_changed` notification or the connection's end. A failure marks the server unhealthy and retries with
 //! exponential back-off; its last good tools stay in the catalog, and the other servers are
 //! never affected.
 
@@ -14,13 +14,17 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sluice_conf::{McpServer, Transport};
-use tokio::sync::Notify;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::http::HttpConnection;
 use super::stdio::StdioConnection;
-use super::{Connection, Outcome, UpstreamError, initialize_params, notification_bytes};
-use crate::catalog::CatalogStore;
+use super::{
+    Announcements, CallOptions, Connection, Outcome, ResourceUpdate, UpstreamError,
+    initialize_params, notification_bytes,
+};
+use crate::catalog::{CatalogStore, Kind, ServerLists};
+use crate::jsonrpc::code;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -57,13 +61,18 @@ pub struct Upstream {
     connection: ArcSwapOption<Connection>,
     health: AtomicU8,
     last_error: Mutex<Option<String>>,
-    list_changed: Arc<Notify>,
+    announcements: Arc<Announcements>,
     /// Cancelled when the server is removed or replaced, or Sluice stops.
     retired: CancellationToken,
 }
 
 impl Upstream {
-    fn new(config: McpServer, order: usize, retired: CancellationToken) -> Self {
+    fn new(
+        config: McpServer,
+        order: usize,
+        retired: CancellationToken,
+        updates: broadcast::Sender<ResourceUpdate>,
+    ) -> Self {
         Upstream {
             name: Arc::from(config.name.as_str()),
             config,
@@ -71,7 +80,7 @@ impl Upstream {
             connection: ArcSwapOption::empty(),
             health: AtomicU8::new(Health::Starting as u8),
             last_error: Mutex::new(None),
-            list_changed: Arc::new(Notify::new()),
+            announcements: Arc::new(Announcements::new(updates)),
             retired,
         }
     }
@@ -107,11 +116,22 @@ impl Upstream {
         }
     }
 
-    /// Forward one request to the server.
+    /// Forward one request to the server, with no events expected.
     pub async fn request(
         &self,
         method: &str,
         params: Option<&RawValue>,
+    ) -> Result<Outcome, UpstreamError> {
+        self.call(method, params, &CallOptions::default()).await
+    }
+
+    /// Forward one request to the server; what it sends on the way goes to `options.events`.
+    /// Dropping the future cancels the request at the server.
+    pub async fn call(
+        &self,
+        method: &str,
+        params: Option<&RawValue>,
+        options: &CallOptions,
     ) -> Result<Outcome, UpstreamError> {
         let Some(connection) = self.connection.load_full() else {
             return Err(UpstreamError::Unavailable {
@@ -121,7 +141,7 @@ impl Upstream {
                     .unwrap_or_else(|| "it has not connected yet".into()),
             });
         };
-        let outcome = connection.request(method, params).await;
+        let outcome = connection.request(method, params, options).await;
         // Calls see an unreachable server before the next sync does: reflect it in the health
         // (readiness, metrics) at once, and recover on the next answer.
         match &outcome {
@@ -140,45 +160,72 @@ impl Upstream {
     }
 
     /// Connect and run the MCP handshake.
-    async fn connect(&self) -> Result<Connection, UpstreamError> {
+    async fn connect(&self) -> Result<(Connection, Hello), UpstreamError> {
         match self.config.transport() {
             Transport::Stdio(stdio) => {
                 let conn = StdioConnection::spawn(
                     self.name.clone(),
                     stdio,
                     self.config.request_timeout,
-                    self.list_changed.clone(),
+                    self.announcements.clone(),
                 )?;
-                let params = RawValue::from_string(initialize_params()).map_err(|e| {
-                    UpstreamError::Protocol {
-                        server: self.name.clone(),
-                        detail: e.to_string(),
-                    }
-                })?;
-                match conn.request("initialize", Some(&params)).await? {
-                    Outcome::Result(_) => {}
+                let params = RawValue::from_string(initialize_params())
+                    .map_err(|e| self.protocol(e.to_string()))?;
+                let result = match conn
+                    .request("initialize", Some(&params), &CallOptions::default())
+                    .await?
+                {
+                    Outcome::Result(result) => result,
                     Outcome::Error(e) => {
-                        return Err(UpstreamError::Protocol {
-                            server: self.name.clone(),
-                            detail: format!("initialize was refused: {}", e.get()),
-                        });
+                        return Err(self.protocol(format!("initialize was refused: {}", e.get())));
                     }
-                }
+                };
                 conn.notify(notification_bytes("notifications/initialized"));
-                Ok(Connection::Stdio(conn))
+                Ok((Connection::Stdio(conn), Hello::read(&result)))
             }
             Transport::Http(http) => {
-                let conn =
-                    HttpConnection::new(self.name.clone(), http, self.config.request_timeout)?;
-                conn.initialize().await?;
-                Ok(Connection::Http(conn))
+                let conn = HttpConnection::new(
+                    self.name.clone(),
+                    http,
+                    self.config.request_timeout,
+                    self.announcements.clone(),
+                )?;
+                let result = conn.initialize().await?;
+                Ok((Connection::Http(conn), Hello::read(&result)))
             }
         }
     }
 
-    /// Read every page of the server's `tools/list`.
-    async fn list_tools(&self, connection: &Connection) -> Result<Vec<Value>, UpstreamError> {
-        let mut tools = Vec::new();
+    /// Read everything the server lists: its tools, and its resources, templates and prompts
+    /// where it declared them.
+    async fn list_everything(
+        &self,
+        connection: &Connection,
+        hello: &Hello,
+    ) -> Result<ServerLists, UpstreamError> {
+        let mut lists = ServerLists {
+            tools: self.list_all(connection, Kind::Tools).await?,
+            instructions: hello.instructions.clone(),
+            ..ServerLists::default()
+        };
+        if hello.resources {
+            lists.resources = self.list_all(connection, Kind::Resources).await?;
+            lists.templates = self.list_all(connection, Kind::Templates).await?;
+        }
+        if hello.prompts {
+            lists.prompts = self.list_all(connection, Kind::Prompts).await?;
+        }
+        Ok(lists)
+    }
+
+    /// Read every page of one list. A server that does not know the method lists nothing.
+    async fn list_all(
+        &self,
+        connection: &Connection,
+        kind: Kind,
+    ) -> Result<Vec<Value>, UpstreamError> {
+        let (method, member) = kind.list_method();
+        let mut items = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let params = match &cursor {
@@ -188,27 +235,35 @@ impl Upstream {
                 ),
                 None => None,
             };
-            let result = match connection.request("tools/list", params.as_deref()).await? {
+            let result = match connection
+                .request(method, params.as_deref(), &CallOptions::default())
+                .await?
+            {
                 Outcome::Result(r) => r,
+                Outcome::Error(e) if kind != Kind::Tools && is_method_not_found(&e) => {
+                    return Ok(Vec::new());
+                }
                 Outcome::Error(e) => {
-                    return Err(self.protocol(format!("tools/list failed: {}", e.get())));
+                    return Err(self.protocol(format!("{method} failed: {}", e.get())));
                 }
             };
             let mut page: Value =
                 serde_json::from_str(result.get()).map_err(|e| self.protocol(e.to_string()))?;
-            match page.get_mut("tools").map(Value::take) {
-                Some(Value::Array(items)) => tools.extend(items),
-                _ => return Err(self.protocol("tools/list answer has no `tools` array".into())),
+            match page.get_mut(member).map(Value::take) {
+                Some(Value::Array(found)) => items.extend(found),
+                _ => {
+                    return Err(self.protocol(format!("{method} answer has no `{member}` array")));
+                }
             }
             cursor = page
                 .get("nextCursor")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
             if cursor.is_none() {
-                return Ok(tools);
+                return Ok(items);
             }
         }
-        Err(self.protocol(format!("tools/list sent more than {MAX_PAGES} pages")))
+        Err(self.protocol(format!("{method} sent more than {MAX_PAGES} pages")))
     }
 
     fn protocol(&self, detail: String) -> UpstreamError {
@@ -223,21 +278,27 @@ impl Upstream {
         let mut backoff = MIN_BACKOFF;
         loop {
             match self.connect().await {
-                Ok(connection) => {
+                Ok((connection, hello)) => {
                     let connection = Arc::new(connection);
-                    match self.list_tools(&connection).await {
-                        Ok(tools) => {
-                            tracing::info!(server = %self.name, tools = tools.len(), "upstream synced");
-                            catalog.set_server_tools(
+                    match self.list_everything(&connection, &hello).await {
+                        Ok(lists) => {
+                            tracing::info!(
+                                server = %self.name,
+                                tools = lists.tools.len(),
+                                resources = lists.resources.len(),
+                                prompts = lists.prompts.len(),
+                                "upstream synced"
+                            );
+                            catalog.set_server(
                                 &self.name,
                                 self.order,
                                 self.config.tool_prefix(),
-                                tools,
+                                lists,
                             );
                             self.connection.store(Some(connection.clone()));
                             self.set_health(Health::Ready, None);
                             backoff = MIN_BACKOFF;
-                            let reason = self.watch(&connection, &catalog).await;
+                            let reason = self.watch(&connection, &hello, &catalog).await;
                             self.connection.store(None);
                             tracing::warn!(server = %self.name, "upstream lost: {reason}; reconnecting");
                             self.set_health(Health::Failed, Some(reason));
@@ -258,7 +319,12 @@ impl Upstream {
     }
 
     /// Resync on interval and on `list_changed`; return when the connection is lost.
-    async fn watch(&self, connection: &Arc<Connection>, catalog: &CatalogStore) -> String {
+    async fn watch(
+        &self,
+        connection: &Arc<Connection>,
+        hello: &Hello,
+        catalog: &CatalogStore,
+    ) -> String {
         loop {
             let closed = async {
                 match connection.as_ref() {
@@ -269,20 +335,48 @@ impl Upstream {
             tokio::select! {
                 reason = closed => return reason,
                 _ = tokio::time::sleep(self.config.sync_interval) => {}
-                _ = self.list_changed.notified() => {}
+                _ = self.announcements.list_changed.notified() => {}
             }
-            match self.list_tools(connection).await {
-                Ok(tools) => catalog.set_server_tools(
-                    &self.name,
-                    self.order,
-                    self.config.tool_prefix(),
-                    tools,
-                ),
+            match self.list_everything(connection, hello).await {
+                Ok(lists) => {
+                    tracing::info!(server = %self.name, tools = lists.tools.len(), "upstream re-synced");
+                    catalog.set_server(&self.name, self.order, self.config.tool_prefix(), lists)
+                }
                 // An HTTP server that cannot be synced is reconnected; its last tools stay.
                 Err(e) => return e.to_string(),
             }
         }
     }
+}
+
+/// What a server said about itself in its `initialize` result.
+#[derive(Debug, Default)]
+struct Hello {
+    instructions: Option<String>,
+    resources: bool,
+    prompts: bool,
+}
+
+impl Hello {
+    fn read(result: &RawValue) -> Self {
+        let value: Value = serde_json::from_str(result.get()).unwrap_or_default();
+        let capabilities = value.get("capabilities");
+        Hello {
+            instructions: value
+                .get("instructions")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            resources: capabilities.and_then(|c| c.get("resources")).is_some(),
+            prompts: capabilities.and_then(|c| c.get("prompts")).is_some(),
+        }
+    }
+}
+
+fn is_method_not_found(error: &RawValue) -> bool {
+    serde_json::from_str::<Value>(error.get())
+        .ok()
+        .and_then(|e| e.get("code").and_then(Value::as_i64))
+        == Some(i64::from(code::METHOD_NOT_FOUND))
 }
 
 /// What a configuration reload changed among the servers.
@@ -306,6 +400,8 @@ impl ServerChanges {
 pub struct Upstreams {
     servers: ArcSwap<Vec<Arc<Upstream>>>,
     catalog: Arc<CatalogStore>,
+    /// Every server's resource updates, for the sessions subscribed to them.
+    updates: broadcast::Sender<ResourceUpdate>,
     stopping: CancellationToken,
     /// Serializes [`Upstreams::apply`] calls.
     applying: Mutex<()>,
@@ -314,14 +410,23 @@ pub struct Upstreams {
 impl Upstreams {
     pub fn new(configs: &[McpServer], catalog: Arc<CatalogStore>) -> Self {
         let stopping = CancellationToken::new();
+        let (updates, _) = broadcast::channel(256);
         let servers = configs
             .iter()
             .enumerate()
-            .map(|(i, c)| Arc::new(Upstream::new(c.clone(), i, stopping.child_token())))
+            .map(|(i, c)| {
+                Arc::new(Upstream::new(
+                    c.clone(),
+                    i,
+                    stopping.child_token(),
+                    updates.clone(),
+                ))
+            })
             .collect();
         Upstreams {
             servers: ArcSwap::from_pointee(servers),
             catalog,
+            updates,
             stopping,
             applying: Mutex::new(()),
         }
@@ -364,6 +469,7 @@ impl Upstreams {
                         config.clone(),
                         order,
                         self.stopping.child_token(),
+                        self.updates.clone(),
                     ));
                     self.supervise(&server);
                     match existing {
@@ -412,6 +518,11 @@ impl Upstreams {
 
     pub fn catalog(&self) -> &Arc<CatalogStore> {
         &self.catalog
+    }
+
+    /// Resource updates from every server, as they come.
+    pub fn resource_updates(&self) -> broadcast::Receiver<ResourceUpdate> {
+        self.updates.subscribe()
     }
 
     /// Ready once every server has synced or failed at least once.

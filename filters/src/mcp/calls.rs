@@ -1,0 +1,766 @@
+//! The methods `/mcp` forwards to one upstream: `tools/call`, `resources/read`, `prompts/get`,
+//! `completion/complete`, `resources/subscribe` / `unsubscribe`, and `logging/setLevel`
+//! (to every upstream). Each checks the caller's grant, maps the exposed name or URI back to
+//! the upstream's, and relays the answer ([`super::relay`]); the call is accounted for in the
+//! audit log and the metrics however it ends.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::http::Response;
+use super::methods::Context;
+use super::relay::{self, Caller, Ending, Forward, Progress};
+use super::{Services, session_fingerprint};
+use crate::audit::{AuditRecord, now_rfc3339};
+use crate::catalog::{Kind, resource_grant_name};
+use crate::jsonrpc::{self, code};
+use crate::upstream::{Outcome, Upstream};
+
+/// Work done for the audit log and metrics.
+pub(super) struct Work {
+    pub server: Option<Arc<str>>,
+    pub tool: Option<String>,
+    pub argument_bytes: usize,
+    pub arguments: Option<Box<RawValue>>,
+    /// `ok`, `tool_error`, `error`, `denied` or `cancelled`.
+    pub status: &'static str,
+    pub error: Option<String>,
+    pub upstream_time: Option<Duration>,
+}
+
+impl Work {
+    fn new() -> Self {
+        Work {
+            server: None,
+            tool: None,
+            argument_bytes: 0,
+            arguments: None,
+            status: "error",
+            error: None,
+            upstream_time: None,
+        }
+    }
+}
+
+/// What the audit record of one call needs, owned, so that a streamed call can be recorded
+/// when it ends.
+struct Ledger {
+    services: Services,
+    key: Arc<str>,
+    request_id: String,
+    session: String,
+    method: &'static str,
+    started: Instant,
+}
+
+impl Ledger {
+    fn new(context: &Context<'_>, id: &RawValue, method: &'static str) -> Self {
+        Ledger {
+            services: context.endpoint.services.clone(),
+            key: context.caller.name.clone(),
+            request_id: id.get().to_string(),
+            session: session_fingerprint(context.session_id.as_bytes()),
+            method,
+            started: context.started,
+        }
+    }
+
+    /// Write the audit record (and, for tool calls, the metrics) of `work`.
+    fn record(self, work: Work) {
+        let metrics = &self.services.metrics;
+        if self.method == "tools/call" {
+            let server = work.server.as_deref().unwrap_or("-");
+            let tool = work.tool.as_deref().unwrap_or("-");
+            metrics
+                .tool_calls
+                .with_label_values(&[server, tool, work.status])
+                .inc();
+            if let (Some(server), Some(elapsed)) = (&work.server, work.upstream_time) {
+                metrics
+                    .upstream_duration
+                    .with_label_values(&[server])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
+        self.services.audit.record(AuditRecord {
+            time: now_rfc3339(),
+            request_id: self.request_id,
+            session: self.session,
+            key: self.key.to_string(),
+            method: self.method.to_string(),
+            server: work.server.map(|s| s.to_string()),
+            tool: work.tool,
+            argument_bytes: work.argument_bytes,
+            arguments: work.arguments,
+            status: work.status,
+            error: work.error,
+            upstream_ms: work.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+            total_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+        });
+    }
+
+    /// Refuse the call with a JSON-RPC error, recorded.
+    fn refuse(self, id: &RawValue, mut work: Work, code: i32, message: String) -> Response {
+        let body = jsonrpc::error_bytes(Some(id), code, &message, None);
+        work.error = Some(message);
+        self.record(work);
+        Response::json(http::StatusCode::OK, body)
+    }
+}
+
+/// `tools/call`: check the key's grant, find the owning upstream, rename the tool, forward,
+/// pass the answer back unchanged.
+pub(super) async fn tools_call(
+    context: &Context<'_>,
+    id: &RawValue,
+    params: Option<&RawValue>,
+) -> Response {
+    #[derive(Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow)]
+        name: Cow<'a, str>,
+        #[serde(borrow, default)]
+        arguments: Option<&'a RawValue>,
+        #[serde(borrow, default, rename = "_meta")]
+        meta: Option<&'a RawValue>,
+    }
+    let ledger = Ledger::new(context, id, "tools/call");
+    let mut work = Work::new();
+    let Some(params) = params else {
+        return ledger.refuse(
+            id,
+            work,
+            code::INVALID_PARAMS,
+            "tools/call needs params with the tool `name`".into(),
+        );
+    };
+    let params: Params<'_> = match serde_json::from_str(params.get()) {
+        Ok(p) => p,
+        Err(e) => {
+            return ledger.refuse(
+                id,
+                work,
+                code::INVALID_PARAMS,
+                format!("invalid tools/call params: {e}"),
+            );
+        }
+    };
+    work.tool = Some(params.name.to_string());
+    work.argument_bytes = params.arguments.map_or(0, |a| a.get().len());
+    // Copy the arguments only when the audit log records them: not on every call.
+    if context.endpoint.services.audit.include_arguments() {
+        work.arguments = params.arguments.map(|a| a.to_owned());
+    }
+    if let Some(args) = params.arguments
+        && !args.get().trim_start().starts_with('{')
+    {
+        return ledger.refuse(
+            id,
+            work,
+            code::INVALID_PARAMS,
+            "tools/call `arguments` must be an object".into(),
+        );
+    }
+    let catalog = context.endpoint.upstreams().catalog().load();
+    let allowed = context.caller.grants.allowed(&catalog);
+    let Some((index, tool)) = catalog.find(&params.name) else {
+        return ledger.refuse(
+            id,
+            work,
+            code::INVALID_PARAMS,
+            format!(
+                "unknown tool `{}`; call tools/list for the tools available",
+                params.name
+            ),
+        );
+    };
+    work.server = Some(tool.server.clone());
+    if !context.may_use(Kind::Tools, index, &tool.exposed_name, &allowed) {
+        work.status = "denied";
+        return ledger.refuse(
+            id,
+            work,
+            code::INVALID_PARAMS,
+            format!(
+                "tool `{}` is not granted to key `{}`; ask the gateway's operator to add it to the key or one of its tool groups",
+                params.name, context.caller.name
+            ),
+        );
+    }
+    let Some(upstream) = context.endpoint.upstreams().get(&tool.server) else {
+        return ledger.refuse(
+            id,
+            work,
+            code::INTERNAL_ERROR,
+            format!(
+                "tool `{}` belongs to a server that is no longer configured",
+                params.name
+            ),
+        );
+    };
+    let (meta, progress) = rewrite_progress(params.meta);
+    let forwarded = forward_params(
+        &tool.upstream_name,
+        params.arguments,
+        meta.as_deref().or(params.meta),
+    );
+    let answer_id = id.to_owned();
+    relay::relay(
+        caller(context, id),
+        Forward {
+            upstream,
+            method: "tools/call",
+            params: forwarded,
+            progress,
+        },
+        move |ending, elapsed| {
+            let (body, work) = tool_answer(&answer_id, ending, elapsed, work);
+            ledger.record(work);
+            body
+        },
+    )
+    .await
+}
+
+/// The client's answer to a tools/call, and what the audit log says of it.
+fn tool_answer(
+    id: &RawValue,
+    ending: Ending,
+    elapsed: Duration,
+    mut work: Work,
+) -> (Vec<u8>, Work) {
+    work.upstream_time = Some(elapsed);
+    match ending {
+        Ending::Answered(Ok(Outcome::Result(result))) => {
+            work.status = if is_error_result(&result) {
+                "tool_error"
+            } else {
+                "ok"
+            };
+            (jsonrpc::result_bytes(id, result.get()), work)
+        }
+        Ending::Answered(Ok(Outcome::Error(error))) => {
+            work.error = Some(error.get().chars().take(500).collect());
+            (jsonrpc::error_object_bytes(Some(id), error.get()), work)
+        }
+        Ending::Answered(Err(e)) => {
+            let message = e.to_string();
+            let body = jsonrpc::error_bytes(
+                Some(id),
+                code::INTERNAL_ERROR,
+                &message,
+                Some(&serde_json::json!({ "server": e.server() })),
+            );
+            work.error = Some(message);
+            (body, work)
+        }
+        Ending::Abandoned(reason) => {
+            work.status = "cancelled";
+            work.error = Some(reason.to_string());
+            (
+                jsonrpc::error_bytes(Some(id), code::REQUEST_CANCELLED, reason, None),
+                work,
+            )
+        }
+    }
+}
+
+/// Who a relayed request is for.
+fn caller<'a>(context: &'a Context<'_>, id: &'a RawValue) -> Caller<'a> {
+    Caller {
+        live: &context.endpoint.live,
+        session: context.session.nonce,
+        capabilities: context.session.capabilities,
+        request_id: id,
+    }
+}
+
+/// Numbers the progress tokens upstreams see.
+static NEXT_PROGRESS: AtomicU64 = AtomicU64::new(1);
+
+/// Replace the client's `_meta.progressToken` with one of Sluice's, unique in the process, so
+/// that progress from an upstream shared by many clients reaches the one that asked. Returns
+/// the `_meta` to forward (when changed) and the mapping.
+fn rewrite_progress(meta: Option<&RawValue>) -> (Option<Box<RawValue>>, Option<Progress>) {
+    let Some(meta) = meta else {
+        return (None, None);
+    };
+    let Ok(mut map) = serde_json::from_str::<Map<String, Value>>(meta.get()) else {
+        return (None, None);
+    };
+    let Some(client) = map.get("progressToken").cloned() else {
+        return (None, None);
+    };
+    let upstream = format!("sluice-{}", NEXT_PROGRESS.fetch_add(1, Ordering::Relaxed));
+    map.insert("progressToken".into(), Value::String(upstream.clone()));
+    let (Ok(meta), Ok(client)) = (
+        serde_json::value::to_raw_value(&map),
+        serde_json::value::to_raw_value(&client),
+    ) else {
+        return (None, None);
+    };
+    let upstream = Value::String(upstream).to_string();
+    (Some(meta), Some(Progress { client, upstream }))
+}
+
+/// Rewrites a result before it goes to the client.
+type MapResult = Box<dyn Fn(&mut Value) + Send>;
+
+/// Forward a request whose answer passes back unchanged but for `map_result` (used to show
+/// resource URIs as clients know them), recorded in the audit log.
+#[allow(clippy::too_many_arguments)]
+async fn forward_plain(
+    context: &Context<'_>,
+    id: &RawValue,
+    method: &'static str,
+    upstream: Arc<Upstream>,
+    params: Map<String, Value>,
+    target: String,
+    map_result: Option<MapResult>,
+) -> Response {
+    let ledger = Ledger::new(context, id, method);
+    let mut work = Work::new();
+    work.server = Some(upstream.name.clone());
+    work.tool = Some(target);
+    let meta = params
+        .get("_meta")
+        .and_then(|m| serde_json::value::to_raw_value(m).ok());
+    let (new_meta, progress) = rewrite_progress(meta.as_deref());
+    let mut params = params;
+    if let Some(new_meta) = new_meta
+        && let Ok(value) = serde_json::from_str::<Value>(new_meta.get())
+    {
+        params.insert("_meta".into(), value);
+    }
+    let Ok(forwarded) = serde_json::value::to_raw_value(&params) else {
+        return ledger.refuse(
+            id,
+            work,
+            code::INTERNAL_ERROR,
+            "cannot encode params".into(),
+        );
+    };
+    let answer_id = id.to_owned();
+    relay::relay(
+        caller(context, id),
+        Forward {
+            upstream,
+            method,
+            params: forwarded,
+            progress,
+        },
+        move |ending, elapsed| {
+            let ending = match (ending, &map_result) {
+                (Ending::Answered(Ok(Outcome::Result(result))), Some(map)) => {
+                    Ending::Answered(Ok(Outcome::Result(map_raw(result, map.as_ref()))))
+                }
+                (ending, _) => ending,
+            };
+            let (body, work) = tool_answer(&answer_id, ending, elapsed, work);
+            ledger.record(work);
+            body
+        },
+    )
+    .await
+}
+
+fn map_raw(result: Box<RawValue>, map: &dyn Fn(&mut Value)) -> Box<RawValue> {
+    let Ok(mut value) = serde_json::from_str::<Value>(result.get()) else {
+        return result;
+    };
+    map(&mut value);
+    serde_json::value::to_raw_value(&value).unwrap_or(result)
+}
+
+/// Params as an object (`{}` when absent), or an error answer.
+fn object_params(
+    id: &RawValue,
+    method: &str,
+    params: Option<&RawValue>,
+) -> Result<Map<String, Value>, Vec<u8>> {
+    match params {
+        None => Ok(Map::new()),
+        Some(p) => serde_json::from_str(p.get()).map_err(|e| {
+            jsonrpc::error_bytes(
+                Some(id),
+                code::INVALID_PARAMS,
+                &format!("invalid {method} params: {e}"),
+                None,
+            )
+        }),
+    }
+}
+
+fn invalid(id: &RawValue, message: String) -> Response {
+    Response::json(
+        http::StatusCode::OK,
+        jsonrpc::error_bytes(Some(id), code::INVALID_PARAMS, &message, None),
+    )
+}
+
+/// A resource URI as a client sent it, resolved to its server and granted to the caller.
+struct ResolvedUri {
+    upstream: Arc<Upstream>,
+    upstream_uri: String,
+    prefix: String,
+}
+
+fn resolve_uri(context: &Context<'_>, uri: &str) -> Result<ResolvedUri, String> {
+    let catalog = context.endpoint.upstreams().catalog().load();
+    let Some((server, upstream_uri)) = catalog.route_uri(uri) else {
+        return Err(format!(
+            "unknown resource `{uri}`; call resources/list or resources/templates/list for the resources available"
+        ));
+    };
+    let prefix = catalog
+        .servers()
+        .iter()
+        .find(|s| s.name == server)
+        .map(|s| s.prefix.clone())
+        .unwrap_or_default();
+    if !context
+        .caller
+        .grants
+        .matches(&resource_grant_name(&prefix, &upstream_uri))
+    {
+        return Err(format!(
+            "resource `{uri}` is not granted to key `{}`; ask the gateway's operator to grant `{}`",
+            context.caller.name,
+            resource_grant_name(&prefix, &upstream_uri)
+        ));
+    }
+    let Some(upstream) = context.endpoint.upstreams().get(&server) else {
+        return Err(format!(
+            "resource `{uri}` belongs to a server that is no longer configured"
+        ));
+    };
+    Ok(ResolvedUri {
+        upstream,
+        upstream_uri,
+        prefix,
+    })
+}
+
+/// `resources/read`: the URI goes up as the upstream knows it and comes back as clients do.
+pub(super) async fn resources_read(
+    context: &Context<'_>,
+    id: &RawValue,
+    params: Option<&RawValue>,
+) -> Response {
+    let mut params = match object_params(id, "resources/read", params) {
+        Ok(p) => p,
+        Err(body) => return Response::json(http::StatusCode::OK, body),
+    };
+    let Some(uri) = params.get("uri").and_then(Value::as_str).map(str::to_owned) else {
+        return invalid(
+            id,
+            "resources/read needs params with the resource `uri`".into(),
+        );
+    };
+    let resolved = match resolve_uri(context, &uri) {
+        Ok(r) => r,
+        Err(message) => return invalid(id, message),
+    };
+    params.insert("uri".into(), Value::String(resolved.upstream_uri));
+    let prefix = resolved.prefix;
+    let map: Option<MapResult> = (!prefix.is_empty()).then(|| {
+        Box::new(move |result: &mut Value| {
+            if let Some(contents) = result.get_mut("contents").and_then(Value::as_array_mut) {
+                for item in contents {
+                    if let Some(Value::String(uri)) = item.get_mut("uri") {
+                        *uri = crate::catalog::exposed_uri(&prefix, uri);
+                    }
+                }
+            }
+        }) as MapResult
+    });
+    forward_plain(
+        context,
+        id,
+        "resources/read",
+        resolved.upstream,
+        params,
+        uri,
+        map,
+    )
+    .await
+}
+
+/// `prompts/get`: a granted prompt, by the name its server knows.
+pub(super) async fn prompts_get(
+    context: &Context<'_>,
+    id: &RawValue,
+    params: Option<&RawValue>,
+) -> Response {
+    let mut params = match object_params(id, "prompts/get", params) {
+        Ok(p) => p,
+        Err(body) => return Response::json(http::StatusCode::OK, body),
+    };
+    let Some(name) = params
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        return invalid(id, "prompts/get needs params with the prompt `name`".into());
+    };
+    let (upstream, upstream_name) = match resolve_prompt(context, &name) {
+        Ok(found) => found,
+        Err(message) => return invalid(id, message),
+    };
+    params.insert("name".into(), Value::String(upstream_name));
+    forward_plain(context, id, "prompts/get", upstream, params, name, None).await
+}
+
+fn resolve_prompt(context: &Context<'_>, name: &str) -> Result<(Arc<Upstream>, String), String> {
+    let catalog = context.endpoint.upstreams().catalog().load();
+    let allowed = context.caller.grants.allowed(&catalog);
+    let Some((index, prompt)) = catalog.list(Kind::Prompts).find(name) else {
+        return Err(format!(
+            "unknown prompt `{name}`; call prompts/list for the prompts available"
+        ));
+    };
+    if !context.may_use(Kind::Prompts, index, name, &allowed) {
+        return Err(format!(
+            "prompt `{name}` is not granted to key `{}`",
+            context.caller.name
+        ));
+    }
+    let Some(upstream) = context.endpoint.upstreams().get(&prompt.server) else {
+        return Err(format!(
+            "prompt `{name}` belongs to a server that is no longer configured"
+        ));
+    };
+    Ok((upstream, prompt.upstream_name.clone()))
+}
+
+/// `completion/complete` for a prompt's or a resource template's argument.
+pub(super) async fn complete(
+    context: &Context<'_>,
+    id: &RawValue,
+    params: Option<&RawValue>,
+) -> Response {
+    let mut params = match object_params(id, "completion/complete", params) {
+        Ok(p) => p,
+        Err(body) => return Response::json(http::StatusCode::OK, body),
+    };
+    let reference = params.get("ref").cloned().unwrap_or_default();
+    let kind = reference.get("type").and_then(Value::as_str).unwrap_or("");
+    let (upstream, field, upstream_name, target) = match kind {
+        "ref/prompt" => {
+            let Some(name) = reference.get("name").and_then(Value::as_str) else {
+                return invalid(id, "`ref/prompt` needs a `name`".into());
+            };
+            match resolve_prompt(context, name) {
+                Ok((upstream, upstream_name)) => {
+                    (upstream, "name", upstream_name, name.to_string())
+                }
+                Err(message) => return invalid(id, message),
+            }
+        }
+        "ref/resource" => {
+            let Some(uri) = reference.get("uri").and_then(Value::as_str) else {
+                return invalid(id, "`ref/resource` needs a `uri`".into());
+            };
+            match resolve_uri(context, uri) {
+                Ok(r) => (r.upstream, "uri", r.upstream_uri, uri.to_string()),
+                Err(message) => return invalid(id, message),
+            }
+        }
+        other => {
+            return invalid(
+                id,
+                format!(
+                    "completion/complete `ref.type` must be `ref/prompt` or `ref/resource`, not `{other}`"
+                ),
+            );
+        }
+    };
+    let mut reference = reference;
+    reference[field] = Value::String(upstream_name);
+    params.insert("ref".into(), reference);
+    forward_plain(
+        context,
+        id,
+        "completion/complete",
+        upstream,
+        params,
+        target,
+        None,
+    )
+    .await
+}
+
+/// `resources/subscribe` and `unsubscribe`: the session's subscriptions are kept here (its
+/// GET stream delivers the updates); the upstream is subscribed while any session is.
+pub(super) async fn subscribe(
+    context: &Context<'_>,
+    id: &RawValue,
+    params: Option<&RawValue>,
+    on: bool,
+) -> Vec<u8> {
+    let method = if on {
+        "resources/subscribe"
+    } else {
+        "resources/unsubscribe"
+    };
+    let params = match object_params(id, method, params) {
+        Ok(p) => p,
+        Err(body) => return body,
+    };
+    let Some(uri) = params.get("uri").and_then(Value::as_str) else {
+        return jsonrpc::error_bytes(
+            Some(id),
+            code::INVALID_PARAMS,
+            &format!("{method} needs params with the resource `uri`"),
+            None,
+        );
+    };
+    let resolved = match resolve_uri(context, uri) {
+        Ok(r) => r,
+        Err(message) => {
+            return jsonrpc::error_bytes(Some(id), code::INVALID_PARAMS, &message, None);
+        }
+    };
+    let live = &context.endpoint.live;
+    let session = context.session.nonce;
+    if on {
+        if let Err(e) = live.subscribe(session, uri) {
+            return jsonrpc::error_bytes(Some(id), code::INVALID_REQUEST, &e.to_string(), None);
+        }
+    } else if live.unsubscribe(session, uri) {
+        // Another session still wants the upstream's updates.
+        return jsonrpc::result_bytes(id, "{}");
+    }
+    let upstream_params = serde_json::json!({ "uri": resolved.upstream_uri });
+    let Ok(upstream_params) = serde_json::value::to_raw_value(&upstream_params) else {
+        return jsonrpc::error_bytes(Some(id), code::INTERNAL_ERROR, "cannot encode params", None);
+    };
+    match resolved
+        .upstream
+        .request(method, Some(&upstream_params))
+        .await
+    {
+        Ok(Outcome::Result(result)) => jsonrpc::result_bytes(id, result.get()),
+        Ok(Outcome::Error(error)) => jsonrpc::error_object_bytes(Some(id), error.get()),
+        Err(e) => jsonrpc::error_bytes(
+            Some(id),
+            code::INTERNAL_ERROR,
+            &e.to_string(),
+            Some(&serde_json::json!({ "server": e.server() })),
+        ),
+    }
+}
+
+/// `logging/setLevel`: passed on to every upstream (in the background; an upstream without
+/// logging ignores or refuses it), answered at once.
+pub(super) fn set_level(
+    context: &Context<'_>,
+    id: &RawValue,
+    params: Option<&RawValue>,
+) -> Vec<u8> {
+    #[derive(Deserialize)]
+    struct Params {
+        level: String,
+    }
+    let Some(Ok(level)) = params.map(|p| serde_json::from_str::<Params>(p.get())) else {
+        return jsonrpc::error_bytes(
+            Some(id),
+            code::INVALID_PARAMS,
+            "logging/setLevel needs params with a `level`",
+            None,
+        );
+    };
+    let Ok(forwarded) =
+        serde_json::value::to_raw_value(&serde_json::json!({ "level": level.level }))
+    else {
+        return jsonrpc::error_bytes(Some(id), code::INTERNAL_ERROR, "cannot encode params", None);
+    };
+    for upstream in context.endpoint.upstreams().all().iter() {
+        let upstream = upstream.clone();
+        let forwarded = forwarded.clone();
+        tokio::spawn(async move {
+            let _ = upstream.request("logging/setLevel", Some(&forwarded)).await;
+        });
+    }
+    jsonrpc::result_bytes(id, "{}")
+}
+
+/// Whether a tool result says `isError: true` (read without building the whole value).
+fn is_error_result(result: &RawValue) -> bool {
+    #[derive(Deserialize)]
+    struct Flag {
+        #[serde(rename = "isError", default)]
+        is_error: bool,
+    }
+    serde_json::from_str::<Flag>(result.get()).is_ok_and(|f| f.is_error)
+}
+
+/// The params sent upstream: the upstream's tool name, the caller's arguments and `_meta` as
+/// they came.
+pub fn forward_params(
+    upstream_name: &str,
+    arguments: Option<&RawValue>,
+    meta: Option<&RawValue>,
+) -> Box<RawValue> {
+    let mut out =
+        String::with_capacity(32 + upstream_name.len() + arguments.map_or(0, |a| a.get().len()));
+    out.push_str("{\"name\":");
+    out.push_str(&serde_json::Value::from(upstream_name).to_string());
+    if let Some(arguments) = arguments {
+        out.push_str(",\"arguments\":");
+        out.push_str(arguments.get());
+    }
+    if let Some(meta) = meta {
+        out.push_str(",\"_meta\":");
+        out.push_str(meta.get());
+    }
+    out.push('}');
+    // Built from valid JSON parts, so this cannot fail; fall back to a bare name regardless.
+    RawValue::from_string(out).unwrap_or_else(|_| {
+        serde_json::value::to_raw_value(&serde_json::json!({ "name": upstream_name }))
+            .unwrap_or_default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_params_keep_arguments_verbatim() {
+        let args = RawValue::from_string(r#"{"message": "hi" }"#.into()).unwrap();
+        let p = forward_params("echo", Some(&args), None);
+        assert_eq!(p.get(), r#"{"name":"echo","arguments":{"message": "hi" }}"#);
+    }
+
+    #[test]
+    fn reads_is_error() {
+        let r = RawValue::from_string(r#"{"content":[],"isError":true}"#.into()).unwrap();
+        assert!(is_error_result(&r));
+        let r =
+            RawValue::from_string(r#"{"content":[{"type":"text","text":"x"}]}"#.into()).unwrap();
+        assert!(!is_error_result(&r));
+    }
+
+    #[test]
+    fn progress_tokens_are_replaced_and_remembered() {
+        let meta = RawValue::from_string(r#"{"progressToken":7,"other":true}"#.into()).unwrap();
+        let (meta, progress) = rewrite_progress(Some(&meta));
+        let meta: Value = serde_json::from_str(meta.unwrap().get()).unwrap();
+        let progress = progress.unwrap();
+        assert_eq!(progress.client.get(), "7");
+        assert_eq!(
+            Value::String(meta["progressToken"].as_str().unwrap().into()).to_string(),
+            progress.upstream
+        );
+        assert_eq!(meta["other"], true);
+        let none = RawValue::from_string(r#"{"other":true}"#.into()).unwrap();
+        assert!(rewrite_progress(Some(&none)).1.is_none());
+    }
+}
