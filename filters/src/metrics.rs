@@ -37,6 +37,10 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Requests refused for want of a valid key.
     pub auth_failures: IntCounter,
+    /// Notification streams (`GET /mcp`) open on this instance.
+    pub notification_streams: IntGauge,
+    /// Answers sent as an SSE stream because the upstream sent something before its answer.
+    pub streamed_answers: IntCounter,
 }
 
 impl Metrics {
@@ -99,8 +103,20 @@ impl Metrics {
         let auth_failures =
             IntCounter::new("sluice_auth_failures_total", "Requests refused with 401")
                 .expect("valid metric");
+        let notification_streams = IntGauge::new(
+            "sluice_notification_streams",
+            "Notification streams (GET /mcp) open on this instance",
+        )
+        .expect("valid metric");
+        let streamed_answers = IntCounter::new(
+            "sluice_streamed_answers_total",
+            "Answers sent as an SSE stream (progress, log messages or requests to the client came first)",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(notification_streams.clone()),
+            Box::new(streamed_answers.clone()),
             Box::new(tool_calls.clone()),
             Box::new(overhead.clone()),
             Box::new(upstream_duration.clone()),
@@ -125,6 +141,8 @@ impl Metrics {
             active_sessions,
             rate_limited,
             auth_failures,
+            notification_streams,
+            streamed_answers,
         }
     }
 

@@ -275,6 +275,7 @@ fn tool_answer(
 fn caller<'a>(context: &'a Context<'_>, id: &'a RawValue) -> Caller<'a> {
     Caller {
         live: &context.endpoint.live,
+        streamed: &context.endpoint.services.metrics.streamed_answers,
         session: context.session.nonce,
         capabilities: context.session.capabilities,
         request_id: id,

@@ -32,6 +32,7 @@ const STREAM_QUEUE: usize = 16;
 /// Who the relayed request is for.
 pub(super) struct Caller<'a> {
     pub live: &'a Arc<Live>,
+    pub streamed: &'a prometheus::IntCounter,
     pub session: SessionTag,
     pub capabilities: ClientCapabilities,
     pub request_id: &'a RawValue,
@@ -128,6 +129,7 @@ where
                 if pending.is_empty() {
                     return Response::json(StatusCode::OK, body);
                 }
+                caller.streamed.inc();
                 let (out, stream) = mpsc::channel(pending.len() + 1);
                 for event in pending {
                     let _ = out.try_send(event);
@@ -148,6 +150,7 @@ where
         }
     };
 
+    caller.streamed.inc();
     let (out, stream) = mpsc::channel(STREAM_QUEUE);
     let _ = out.try_send(first);
     tokio::spawn(async move {

@@ -71,7 +71,10 @@ pub(super) fn open(endpoint: &McpEndpoint, caller: Arc<KeyEntry>, session: Sessi
     let mut seen = Visible::of(&caller, &catalogs.load());
     // An empty first event tells the client the stream is open.
     let _ = out.try_send(sse::keep_alive());
+    let open = endpoint.services.metrics.notification_streams.clone();
     tokio::spawn(async move {
+        open.inc();
+        let _open = scopeguard(move || open.dec());
         let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
         keep_alive.tick().await;
         loop {
@@ -115,6 +118,19 @@ pub(super) fn open(endpoint: &McpEndpoint, caller: Arc<KeyEntry>, session: Sessi
         }
     });
     Response::events(stream)
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// Send a `list_changed` for each list whose visible part changed; false if the client is not

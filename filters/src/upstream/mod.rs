@@ -309,10 +309,17 @@ pub(crate) fn notification_bytes(method: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// An MCP server inside Sluice's process, answering at once: what the benchmarks put behind
+/// the real pipeline, and the shape for servers Sluice will host itself.
+pub trait LocalServer: Send + Sync {
+    fn handle(&self, method: &str, params: Option<&RawValue>) -> Outcome;
+}
+
 /// A live connection to one upstream.
 pub enum Connection {
     Stdio(stdio::StdioConnection),
     Http(http::HttpConnection),
+    Local(Arc<dyn LocalServer>),
 }
 
 impl Connection {
@@ -326,6 +333,7 @@ impl Connection {
         match self {
             Connection::Stdio(c) => c.request(method, params, options).await,
             Connection::Http(c) => c.request(method, params, options).await,
+            Connection::Local(server) => Ok(server.handle(method, params)),
         }
     }
 }

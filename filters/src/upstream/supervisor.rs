@@ -329,7 +329,7 @@ impl Upstream {
             let closed = async {
                 match connection.as_ref() {
                     Connection::Stdio(c) => c.closed().await,
-                    Connection::Http(_) => std::future::pending().await,
+                    Connection::Http(_) | Connection::Local(_) => std::future::pending().await,
                 }
             };
             tokio::select! {
@@ -492,6 +492,39 @@ impl Upstreams {
         }
         self.servers.store(Arc::new(next));
         changes
+    }
+
+    /// Add a server that lives in this process, connected and synced at once; it is not
+    /// supervised (it cannot fail) and a configuration reload leaves it alone unless a server
+    /// of the same name is configured.
+    pub async fn attach_local(
+        &self,
+        config: McpServer,
+        server: Arc<dyn super::LocalServer>,
+    ) -> Result<(), UpstreamError> {
+        let order = self.servers.load().len();
+        let upstream = Arc::new(Upstream::new(
+            config,
+            order,
+            self.stopping.child_token(),
+            self.updates.clone(),
+        ));
+        let connection = Arc::new(Connection::Local(server));
+        let hello = Hello {
+            resources: true,
+            prompts: true,
+            ..Hello::default()
+        };
+        let lists = upstream.list_everything(&connection, &hello).await?;
+        self.catalog
+            .set_server(&upstream.name, order, upstream.config.tool_prefix(), lists);
+        upstream.connection.store(Some(connection));
+        upstream.set_health(Health::Ready, None);
+        let _serial = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let mut servers = Vec::clone(&self.servers.load());
+        servers.push(upstream);
+        self.servers.store(Arc::new(servers));
+        Ok(())
     }
 
     /// Stop supervising (shutdown): nothing is restarted any more, and each stdio child is
