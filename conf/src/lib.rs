@@ -167,43 +167,59 @@ fn validate(config: &Config, text: &str) -> Result<(), (Option<usize>, String)> 
                 ),
             ));
         }
-        match (&server.stdio, &server.http) {
-            (None, None) => {
+        let transports = [
+            server.stdio.is_some(),
+            server.http.is_some(),
+            server.sse.is_some(),
+        ];
+        match transports.iter().filter(|t| **t).count() {
+            0 => {
                 return Err((
                     at,
                     format!(
-                        "server `{}` needs a transport: add `stdio: {{ command: ... }}` or `http: {{ url: ... }}`",
+                        "server `{}` needs a transport: add `stdio: {{ command: ... }}`, `http: {{ url: ... }}` (Streamable HTTP) or `sse: {{ url: ... }}` (legacy HTTP+SSE)",
                         server.name
                     ),
                 ));
             }
-            (Some(_), Some(_)) => {
+            1 => {}
+            _ => {
                 return Err((
                     at,
                     format!(
-                        "server `{}` has both `stdio` and `http`; keep exactly one",
+                        "server `{}` has more than one of `stdio`, `http` and `sse`; keep exactly one",
                         server.name
                     ),
                 ));
             }
-            (Some(stdio), None) if stdio.command.is_empty() => {
-                return Err((
-                    at,
-                    format!("server `{}` has an empty stdio `command`", server.name),
-                ));
-            }
-            (None, Some(http))
-                if !(http.url.starts_with("http://") || http.url.starts_with("https://")) =>
-            {
-                return Err((
-                    line_of(text, &http.url).or(at),
-                    format!(
-                        "server `{}` has url `{}`; it must start with http:// or https://",
-                        server.name, http.url
-                    ),
-                ));
-            }
-            _ => {}
+        }
+        if let Some(stdio) = &server.stdio
+            && stdio.command.is_empty()
+        {
+            return Err((
+                at,
+                format!("server `{}` has an empty stdio `command`", server.name),
+            ));
+        }
+        if let Some(http) = server.http.as_ref().or(server.sse.as_ref())
+            && !(http.url.starts_with("http://") || http.url.starts_with("https://"))
+        {
+            return Err((
+                line_of(text, &http.url).or(at),
+                format!(
+                    "server `{}` has url `{}`; it must start with http:// or https://",
+                    server.name, http.url
+                ),
+            ));
+        }
+        if server.session == SessionMode::PerClient && server.stdio.is_some() {
+            return Err((
+                at,
+                format!(
+                    "server `{}`: `session: per_client` needs an `http` or `sse` server (a stdio server has one session: its process)",
+                    server.name
+                ),
+            ));
         }
         let prefix = server.tool_prefix();
         if !prefix.is_empty() && !prefixes.insert(prefix.to_string()) {

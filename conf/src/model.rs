@@ -214,6 +214,13 @@ pub struct McpServer {
     pub stdio: Option<StdioTransport>,
     #[serde(default)]
     pub http: Option<HttpTransport>,
+    /// A legacy HTTP+SSE server (protocol 2024-11-05): `url` is its event stream (`/sse`).
+    #[serde(default)]
+    pub sse: Option<HttpTransport>,
+    /// One upstream session for every caller (`shared`, the default), or one per downstream
+    /// session (`per_client`) for servers that keep state per session.
+    #[serde(default)]
+    pub session: SessionMode,
     /// Tool name prefix; `None` means the server name, `""` means no prefix.
     #[serde(default)]
     pub prefix: Option<String>,
@@ -233,12 +240,13 @@ impl McpServer {
 
     /// How Sluice reaches the server.
     pub fn transport(&self) -> Transport<'_> {
-        match (&self.stdio, &self.http) {
-            (Some(stdio), _) => Transport::Stdio(stdio),
-            (None, Some(http)) => Transport::Http(http),
+        match (&self.stdio, &self.http, &self.sse) {
+            (Some(stdio), _, _) => Transport::Stdio(stdio),
+            (None, Some(http), _) => Transport::Http(http),
+            (None, None, Some(sse)) => Transport::Sse(sse),
             // `validate` refuses a server with no transport, so this is never reached for a
             // loaded config; a stdio command that cannot start reports itself at run time.
-            (None, None) => Transport::Stdio(&EMPTY_STDIO),
+            (None, None, None) => Transport::Stdio(&EMPTY_STDIO),
         }
     }
 }
@@ -262,6 +270,18 @@ fn default_request_timeout() -> Duration {
 pub enum Transport<'a> {
     Stdio(&'a StdioTransport),
     Http(&'a HttpTransport),
+    Sse(&'a HttpTransport),
+}
+
+/// Whose upstream session a call uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionMode {
+    /// One upstream session for every caller: stateless tool servers, most connection reuse.
+    #[default]
+    Shared,
+    /// One upstream session per downstream session, closed when that session ends.
+    PerClient,
 }
 
 /// A child process speaking MCP over stdin/stdout.

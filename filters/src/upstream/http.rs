@@ -77,55 +77,7 @@ impl HttpConnection {
         timeout: Duration,
         announcements: Arc<Announcements>,
     ) -> Result<Self, UpstreamError> {
-        let mut headers = HeaderMap::new();
-        for (name, value) in &config.headers {
-            let (Ok(name), Ok(value)) = (
-                HeaderName::try_from(name.as_str()),
-                HeaderValue::try_from(value.as_str()),
-            ) else {
-                return Err(UpstreamError::Connect {
-                    server,
-                    detail: format!(
-                        "header `{name}` in the configuration is not a valid HTTP header"
-                    ),
-                });
-            };
-            headers.insert(name, value);
-        }
-        let url = reqwest::Url::parse(&config.url).map_err(|e| UpstreamError::Connect {
-            server: server.clone(),
-            detail: format!("invalid url `{}`: {e}", config.url),
-        })?;
-        let mut builder = reqwest::Client::builder();
-        if let Some(ca_file) = &config.ca_file {
-            let pem = std::fs::read(ca_file).map_err(|e| UpstreamError::Connect {
-                server: server.clone(),
-                detail: format!("cannot read `ca_file` {}: {e}", ca_file.display()),
-            })?;
-            let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                UpstreamError::Connect {
-                    server: server.clone(),
-                    detail: format!(
-                        "`ca_file` {} holds no valid PEM certificates: {e}",
-                        ca_file.display()
-                    ),
-                }
-            })?;
-            for root in roots {
-                builder = builder.add_root_certificate(root);
-            }
-        }
-        let client = builder
-            .default_headers(headers)
-            .pool_max_idle_per_host(config.pool_size)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| UpstreamError::Connect {
-                server: server.clone(),
-                detail: format!("cannot build the HTTP client: {e}"),
-            })?;
+        let (client, url) = build_client(&server, config)?;
         let listen = CancellationToken::new();
         Ok(HttpConnection {
             wire: Arc::new(Wire {
@@ -509,6 +461,61 @@ impl Wire {
             detail,
         }
     }
+}
+
+/// The pooled client and parsed URL for an HTTP upstream (Streamable HTTP or legacy SSE):
+/// the configured headers, and the configured CA file trusted besides the system roots.
+pub(crate) fn build_client(
+    server: &Arc<str>,
+    config: &HttpTransport,
+) -> Result<(reqwest::Client, reqwest::Url), UpstreamError> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &config.headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) else {
+            return Err(UpstreamError::Connect {
+                server: server.clone(),
+                detail: format!("header `{name}` in the configuration is not a valid HTTP header"),
+            });
+        };
+        headers.insert(name, value);
+    }
+    let url = reqwest::Url::parse(&config.url).map_err(|e| UpstreamError::Connect {
+        server: server.clone(),
+        detail: format!("invalid url `{}`: {e}", config.url),
+    })?;
+    let mut builder = reqwest::Client::builder();
+    if let Some(ca_file) = &config.ca_file {
+        let pem = std::fs::read(ca_file).map_err(|e| UpstreamError::Connect {
+            server: server.clone(),
+            detail: format!("cannot read `ca_file` {}: {e}", ca_file.display()),
+        })?;
+        let roots =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| UpstreamError::Connect {
+                server: server.clone(),
+                detail: format!(
+                    "`ca_file` {} holds no valid PEM certificates: {e}",
+                    ca_file.display()
+                ),
+            })?;
+        for root in roots {
+            builder = builder.add_root_certificate(root);
+        }
+    }
+    let client = builder
+        .default_headers(headers)
+        .pool_max_idle_per_host(config.pool_size)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| UpstreamError::Connect {
+            server: server.clone(),
+            detail: format!("cannot build the HTTP client: {e}"),
+        })?;
+    Ok((client, url))
 }
 
 impl UpstreamSession {

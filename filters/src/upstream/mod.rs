@@ -3,6 +3,8 @@
 //! - [`stdio`]: a child process speaking newline-delimited JSON-RPC, restarted with back-off.
 //! - [`http`]: a Streamable HTTP server over pooled keep-alive connections, re-initialized when
 //!   it forgets Sluice's session.
+//! - [`sse`]: a legacy HTTP+SSE server (2024-11-05): POSTs out, one event stream in.
+//! - `mux`: the calls of stdio and legacy SSE, matched to answers by id on one stream.
 //! - [`supervisor`]: connects, syncs the catalog, watches health, reconnects.
 //!
 //! Calls return the upstream's `result` or `error` as raw JSON so they can be passed back
@@ -14,6 +16,8 @@
 //! so no work is left running for a caller that is gone.
 
 pub mod http;
+mod mux;
+pub mod sse;
 pub mod stdio;
 pub mod supervisor;
 
@@ -319,6 +323,7 @@ pub trait LocalServer: Send + Sync {
 pub enum Connection {
     Stdio(stdio::StdioConnection),
     Http(http::HttpConnection),
+    Sse(sse::SseConnection),
     Local(Arc<dyn LocalServer>),
 }
 
@@ -333,6 +338,7 @@ impl Connection {
         match self {
             Connection::Stdio(c) => c.request(method, params, options).await,
             Connection::Http(c) => c.request(method, params, options).await,
+            Connection::Sse(c) => c.request(method, params, options).await,
             Connection::Local(server) => Ok(server.handle(method, params)),
         }
     }

@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::http::HttpConnection;
+use super::sse::SseConnection;
 use super::stdio::StdioConnection;
 use super::{
     Announcements, CallOptions, Connection, Outcome, ResourceUpdate, UpstreamError,
@@ -171,17 +172,31 @@ impl Upstream {
                 )?;
                 let params = RawValue::from_string(initialize_params())
                     .map_err(|e| self.protocol(e.to_string()))?;
-                let result = match conn
-                    .request("initialize", Some(&params), &CallOptions::default())
-                    .await?
-                {
-                    Outcome::Result(result) => result,
-                    Outcome::Error(e) => {
-                        return Err(self.protocol(format!("initialize was refused: {}", e.get())));
-                    }
-                };
+                let result = self.handshake(
+                    &conn
+                        .request("initialize", Some(&params), &CallOptions::default())
+                        .await?,
+                )?;
                 conn.notify(notification_bytes("notifications/initialized"));
                 Ok((Connection::Stdio(conn), Hello::read(&result)))
+            }
+            Transport::Sse(sse) => {
+                let conn = SseConnection::connect(
+                    self.name.clone(),
+                    sse,
+                    self.config.request_timeout,
+                    self.announcements.clone(),
+                )
+                .await?;
+                let params = RawValue::from_string(initialize_params())
+                    .map_err(|e| self.protocol(e.to_string()))?;
+                let result = self.handshake(
+                    &conn
+                        .request("initialize", Some(&params), &CallOptions::default())
+                        .await?,
+                )?;
+                conn.notify(notification_bytes("notifications/initialized"));
+                Ok((Connection::Sse(conn), Hello::read(&result)))
             }
             Transport::Http(http) => {
                 let conn = HttpConnection::new(
@@ -193,6 +208,14 @@ impl Upstream {
                 let result = conn.initialize().await?;
                 Ok((Connection::Http(conn), Hello::read(&result)))
             }
+        }
+    }
+
+    /// The `initialize` result, or why the server refused.
+    fn handshake(&self, outcome: &Outcome) -> Result<Box<RawValue>, UpstreamError> {
+        match outcome {
+            Outcome::Result(result) => Ok(result.clone()),
+            Outcome::Error(e) => Err(self.protocol(format!("initialize was refused: {}", e.get()))),
         }
     }
 
@@ -329,6 +352,7 @@ impl Upstream {
             let closed = async {
                 match connection.as_ref() {
                     Connection::Stdio(c) => c.closed().await,
+                    Connection::Sse(c) => c.closed().await,
                     Connection::Http(_) | Connection::Local(_) => std::future::pending().await,
                 }
             };
