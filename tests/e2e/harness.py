@@ -714,3 +714,154 @@ def wire(model: Any) -> Any:
     if isinstance(model, list):
         return [wire(m) for m in model]
     return model.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --------------------------------------------------------------------------- streaming (issue 14)
+
+LIVE_SERVER = TESTS / "fixtures" / "live_server.py"
+STATEFUL_SERVER = TESTS / "fixtures" / "stateful_server.py"
+
+
+class ListeningProc(Proc):
+    """A server process that listens on `self.port` (127.0.0.1); ready once it accepts."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, port: int, env: dict[str, str] | None = None):
+        self.port = port
+        super().__init__(name, argv, log_path, env=env)
+        try:
+            wait_until(self._accepts, 30, f"{name} to listen on port {port}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _accepts(self) -> bool:
+        if not self.alive():
+            raise RuntimeError(f"{self.name} exited early:\n{self.log()}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+
+class EverythingSse(ListeningProc):
+    """server-everything in legacy HTTP+SSE mode; its SSE endpoint is `self.url`."""
+
+    def __init__(self, tmp: Path, name: str = "everything-sse"):
+        port = free_port()
+        super().__init__(name, [node(), str(require(EVERYTHING_JS)), "sse"], tmp / f"{name}.log", port,
+                         env={"PORT": str(port)})
+        self.url = f"http://127.0.0.1:{self.port}/sse"
+
+
+class StatefulServer(ListeningProc):
+    """tests/fixtures/stateful_server.py over Streamable HTTP; it records session creations and
+    DELETEs to `self.record` (lines `session:<id>`, `delete:<id>`)."""
+
+    def __init__(self, tmp: Path, name: str = "stateful"):
+        port = free_port()
+        self.record = tmp / f"{name}-record.txt"
+        self.record.touch()
+        super().__init__(name, [str(PYTHON), str(STATEFUL_SERVER), str(port), str(self.record)],
+                         tmp / f"{name}.log", port)
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+
+    def lines(self) -> list[str]:
+        return self.record.read_text().splitlines()
+
+
+def sse_upstream(url: str) -> dict:
+    """Config of a legacy HTTP+SSE upstream (protocol 2024-11-05 `sse` transport)."""
+    return {"sse": {"url": url}}
+
+
+def stdio_live(record_file: Path | None = None) -> dict:
+    """Config of tests/fixtures/live_server.py as a stdio upstream, recording to `record_file`."""
+    stdio: dict[str, Any] = {"command": str(PYTHON), "args": [str(LIVE_SERVER)]}
+    if record_file is not None:
+        stdio["env"] = {RECORD_ENV: str(record_file)}
+    return {"stdio": stdio}
+
+
+def vm_rss_kb(pid: int) -> int:
+    """Resident set size of process `pid` in kB (VmRSS in /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+def sse_events(lines: "Iterator[str]") -> "Iterator[dict]":
+    """JSON-RPC messages of an SSE stream given line by line (e.g. httpx `iter_lines()`)."""
+    data: list[str] = []
+    for line in lines:
+        line = line.rstrip("\r")
+        if line == "":
+            if data:
+                yield json.loads("\n".join(data))
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+    if data:
+        yield json.loads("\n".join(data))
+
+
+class NotificationStream:
+    """A raw `GET /mcp` notification stream of `client`'s session, read in a background
+    thread; every JSON-RPC message it carries is appended to `self.messages`."""
+
+    def __init__(self, client: "RawMcp"):
+        self.messages: list[dict] = []
+        self.error: BaseException | None = None
+        self.status: int | None = None
+        self.content_type: str | None = None
+        self._opened = threading.Event()
+        self._http = httpx.Client(timeout=httpx.Timeout(10, read=None))
+        headers = {"Accept": "text/event-stream", **client.key_headers()}
+        if client.session_id:
+            headers["Mcp-Session-Id"] = client.session_id
+        if client.protocol_version:
+            headers["MCP-Protocol-Version"] = client.protocol_version
+        self._headers = headers
+        self._url = client.url
+        self._thread = threading.Thread(target=self._run, name="notification-stream", daemon=True)
+        self._thread.start()
+        assert self._opened.wait(15), "GET /mcp notification stream did not open within 15s"
+        assert self.error is None, f"GET /mcp failed: {self.error!r}"
+        assert self.status == 200, f"GET /mcp: HTTP {self.status}"
+
+    def _run(self) -> None:
+        try:
+            with self._http.stream("GET", self._url, headers=self._headers) as response:
+                self.status = response.status_code
+                self.content_type = response.headers.get("content-type")
+                self._opened.set()
+                if response.status_code != 200:
+                    response.read()
+                    return
+                for message in sse_events(response.iter_lines()):
+                    self.messages.append(message)
+        except BaseException as e:  # closed by close(), or a failure the test reports
+            self.error = e
+        finally:
+            self._opened.set()
+
+    def methods(self) -> list[str]:
+        return [m.get("method", "") for m in self.messages]
+
+    def wait_for(self, method: str, timeout: float, after: int = 0) -> dict:
+        """The first message with `method` at index >= `after`, waiting up to `timeout` s."""
+
+        def found():
+            for m in self.messages[after:]:
+                if m.get("method") == method:
+                    return m
+            if not self._thread.is_alive():
+                raise AssertionError(f"the GET stream ended ({self.error!r}) before {method}; got {self.methods()}")
+            return None
+
+        return wait_until(found, timeout, f"{method} on the GET stream (got {self.methods()})")
+
+    def close(self) -> None:
+        self._http.close()
+        self._thread.join(10)
