@@ -20,7 +20,7 @@ use super::{Services, session_fingerprint};
 use crate::audit::{AuditRecord, now_rfc3339};
 use crate::catalog::{Kind, resource_grant_name};
 use crate::jsonrpc::{self, code};
-use crate::upstream::{Outcome, Upstream};
+use crate::upstream::{CallOptions, Outcome, Upstream};
 
 /// Work done for the audit log and metrics.
 pub(super) struct Work {
@@ -642,9 +642,13 @@ pub(super) async fn subscribe(
     let Ok(upstream_params) = serde_json::value::to_raw_value(&upstream_params) else {
         return jsonrpc::error_bytes(Some(id), code::INTERNAL_ERROR, "cannot encode params", None);
     };
+    let options = CallOptions {
+        session: Some(session),
+        ..CallOptions::default()
+    };
     match resolved
         .upstream
-        .request(method, Some(&upstream_params))
+        .call(method, Some(&upstream_params), &options)
         .await
     {
         Ok(Outcome::Result(result)) => jsonrpc::result_bytes(id, result.get()),

@@ -353,6 +353,7 @@ impl McpEndpoint {
         match self.sessions.delete(token) {
             Ok(session) => {
                 self.live.end_session(session.nonce);
+                self.services.upstreams.end_client_session(session.nonce);
                 self.services.metrics.active_sessions.dec();
                 Response::empty(StatusCode::OK)
             }

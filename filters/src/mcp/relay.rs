@@ -101,6 +101,7 @@ where
     let options = CallOptions {
         events: Some(events_tx),
         progress_token: forward.progress.as_ref().map(|p| p.upstream.clone()),
+        session: Some(caller.session),
     };
     let Forward {
         upstream,

@@ -153,6 +153,26 @@ impl HttpConnection {
         Ok(result)
     }
 
+    /// End the upstream session (`DELETE` with its id), as a client leaving should.
+    pub async fn close(&self) {
+        let Some(session) = self.wire.current_session() else {
+            return;
+        };
+        if session.id.is_none() {
+            return;
+        }
+        let request = session.apply(self.wire.client.delete(self.wire.url.clone()));
+        match request.send().await {
+            Ok(r) => {
+                tracing::debug!(server = %self.wire.server, status = r.status().as_u16(), "upstream session ended")
+            }
+            Err(e) => {
+                tracing::debug!(server = %self.wire.server, "ending the upstream session failed: {}", error_chain(&e))
+            }
+        }
+        self.wire.set_session(None);
+    }
+
     /// Send a request and read its answer; initializes again once if the session is gone.
     /// Dropping the future cancels the request at the upstream.
     pub async fn request(

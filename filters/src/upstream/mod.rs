@@ -65,6 +65,9 @@ pub struct CallOptions {
     /// The `_meta.progressToken` the upstream will see, as JSON, so that transports without a
     /// stream per call (stdio, legacy SSE) can route progress to it.
     pub progress_token: Option<String>,
+    /// The downstream session the call is made for (the random part of its sealed id), for
+    /// servers that keep one upstream session per client.
+    pub session: Option<[u8; 16]>,
 }
 
 impl CallOptions {
@@ -328,6 +331,13 @@ pub enum Connection {
 }
 
 impl Connection {
+    /// End the upstream session, where the transport has one to end (HTTP `DELETE`).
+    pub async fn close(&self) {
+        if let Connection::Http(c) = self {
+            c.close().await;
+        }
+    }
+
     /// Send a request and wait for its answer; events on the way go to `options.events`.
     pub async fn request(
         &self,

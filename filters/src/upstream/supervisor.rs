@@ -6,15 +6,16 @@
 //! exponential back-off; its last good tools stay in the catalog, and the other servers are
 //! never affected.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use sluice_conf::{McpServer, Transport};
-use tokio::sync::broadcast;
+use sluice_conf::{McpServer, SessionMode, Transport};
+use tokio::sync::{OnceCell, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::http::HttpConnection;
@@ -29,6 +30,11 @@ use crate::jsonrpc::code;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Upstream sessions a `per_client` server keeps open at once; past this, the longest idle is
+/// closed (its client gets a fresh upstream session on its next call).
+const MAX_CLIENT_SESSIONS: usize = 1_000;
+/// A `per_client` upstream session unused this long is closed.
+const CLIENT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 /// A server that sends more pages than this is treated as broken.
 const MAX_PAGES: usize = 1000;
 
@@ -65,6 +71,14 @@ pub struct Upstream {
     announcements: Arc<Announcements>,
     /// Cancelled when the server is removed or replaced, or Sluice stops.
     retired: CancellationToken,
+    /// For `session: per_client`: one upstream connection per downstream session.
+    clients: Mutex<HashMap<[u8; 16], ClientSession>>,
+}
+
+/// A `per_client` server's connection for one downstream session, opened on its first call.
+struct ClientSession {
+    connection: Arc<OnceCell<Arc<Connection>>>,
+    last_used: Instant,
 }
 
 impl Upstream {
@@ -83,6 +97,7 @@ impl Upstream {
             last_error: Mutex::new(None),
             announcements: Arc::new(Announcements::new(updates)),
             retired,
+            clients: Mutex::default(),
         }
     }
 
@@ -134,13 +149,19 @@ impl Upstream {
         params: Option<&RawValue>,
         options: &CallOptions,
     ) -> Result<Outcome, UpstreamError> {
-        let Some(connection) = self.connection.load_full() else {
-            return Err(UpstreamError::Unavailable {
-                server: self.name.clone(),
-                reason: self
-                    .last_error()
-                    .unwrap_or_else(|| "it has not connected yet".into()),
-            });
+        let connection = match options.session {
+            Some(session) if self.config.session == SessionMode::PerClient => {
+                self.client_connection(session).await?
+            }
+            _ => self
+                .connection
+                .load_full()
+                .ok_or_else(|| UpstreamError::Unavailable {
+                    server: self.name.clone(),
+                    reason: self
+                        .last_error()
+                        .unwrap_or_else(|| "it has not connected yet".into()),
+                })?,
         };
         let outcome = connection.request(method, params, options).await;
         // Calls see an unreachable server before the next sync does: reflect it in the health
@@ -153,6 +174,44 @@ impl Upstream {
             _ => {}
         }
         outcome
+    }
+
+    /// The upstream session of downstream `session` (`per_client` servers), opened on first
+    /// use; concurrent first calls share one handshake.
+    async fn client_connection(&self, session: [u8; 16]) -> Result<Arc<Connection>, UpstreamError> {
+        let cell = {
+            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            if !clients.contains_key(&session) {
+                for closed in evict_idle(&mut clients) {
+                    tokio::spawn(async move { closed.close().await });
+                }
+            }
+            let entry = clients.entry(session).or_insert_with(|| ClientSession {
+                connection: Arc::default(),
+                last_used: Instant::now(),
+            });
+            entry.last_used = Instant::now();
+            entry.connection.clone()
+        };
+        cell.get_or_try_init(|| async {
+            let (connection, _) = self.connect().await?;
+            tracing::debug!(server = %self.name, "opened an upstream session for a client");
+            Ok::<_, UpstreamError>(Arc::new(connection))
+        })
+        .await
+        .cloned()
+    }
+
+    /// The downstream session ended: close its upstream session, if it has one.
+    async fn end_client_session(&self, session: [u8; 16]) {
+        let removed = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&session);
+        if let Some(connection) = removed.and_then(|c| c.connection.get().cloned()) {
+            connection.close().await;
+        }
     }
 
     fn set_health(&self, health: Health, error: Option<String>) {
@@ -373,6 +432,29 @@ impl Upstream {
     }
 }
 
+/// Remove the client sessions idle too long, and the longest idle past the cap; returns their
+/// connections to close.
+fn evict_idle(clients: &mut HashMap<[u8; 16], ClientSession>) -> Vec<Arc<Connection>> {
+    let mut evicted: Vec<[u8; 16]> = clients
+        .iter()
+        .filter(|(_, c)| c.last_used.elapsed() > CLIENT_SESSION_IDLE)
+        .map(|(k, _)| *k)
+        .collect();
+    if clients.len() - evicted.len() >= MAX_CLIENT_SESSIONS
+        && let Some((oldest, _)) = clients
+            .iter()
+            .filter(|(k, _)| !evicted.contains(k))
+            .min_by_key(|(_, c)| c.last_used)
+    {
+        evicted.push(*oldest);
+    }
+    evicted
+        .into_iter()
+        .filter_map(|k| clients.remove(&k))
+        .filter_map(|c| c.connection.get().cloned())
+        .collect()
+}
+
 /// What a server said about itself in its `initialize` result.
 #[derive(Debug, Default)]
 struct Hello {
@@ -575,6 +657,16 @@ impl Upstreams {
 
     pub fn catalog(&self) -> &Arc<CatalogStore> {
         &self.catalog
+    }
+
+    /// A downstream session ended (DELETE): close the upstream sessions opened for it.
+    pub fn end_client_session(&self, session: [u8; 16]) {
+        for server in self.servers.load().iter() {
+            if server.config.session == SessionMode::PerClient {
+                let server = server.clone();
+                tokio::spawn(async move { server.end_client_session(session).await });
+            }
+        }
     }
 
     /// Resource updates from every server, as they come.
