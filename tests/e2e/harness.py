@@ -865,3 +865,19 @@ class NotificationStream:
     def close(self) -> None:
         self._http.close()
         self._thread.join(10)
+
+
+@asynccontextmanager
+async def sdk_http_session_with(url: str, key: str | None = None, **session_kwargs: Any) -> AsyncIterator:
+    """Like `sdk_http_session`, handing `session_kwargs` (sampling_callback,
+    elicitation_callback, message_handler, ...) to the SDK's `ClientSession` (mcp >= 2)."""
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = bearer(key) if key else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0)) as http:
+        async with streamable_http_client(url, http_client=http) as streams:
+            async with ClientSession(streams[0], streams[1], **session_kwargs) as session:
+                await session.initialize()
+                yield session
