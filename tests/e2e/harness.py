@@ -863,8 +863,10 @@ class NotificationStream:
         return wait_until(found, timeout, f"{method} on the GET stream (got {self.methods()})")
 
     def close(self) -> None:
+        """Stop reading. A read blocked in the background thread may only end when the
+        gateway closes the stream (e.g. when it stops); the thread is a daemon either way."""
         self._http.close()
-        self._thread.join(10)
+        self._thread.join(1)
 
 
 @asynccontextmanager
@@ -881,3 +883,13 @@ async def sdk_http_session_with(url: str, key: str | None = None, **session_kwar
             async with ClientSession(streams[0], streams[1], **session_kwargs) as session:
                 await session.initialize()
                 yield session
+
+
+class LiveHttp(ListeningProc):
+    """tests/fixtures/live_server.py over Streamable HTTP; its endpoint is `self.url`."""
+
+    def __init__(self, tmp: Path, name: str = "live-http", record_file: Path | None = None):
+        port = free_port()
+        env = {RECORD_ENV: str(record_file)} if record_file is not None else None
+        super().__init__(name, [str(PYTHON), str(LIVE_SERVER), "http", str(port)], tmp / f"{name}.log", port, env=env)
+        self.url = f"http://127.0.0.1:{self.port}/mcp"

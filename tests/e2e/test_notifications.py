@@ -7,9 +7,12 @@ from __future__ import annotations
 import copy
 
 import anyio
+import pytest
 
 from harness import (
     Gateway,
+    LiveHttp,
+    http_upstream,
     NotificationStream,
     sdk_http_session,
     stdio_live,
@@ -20,11 +23,25 @@ from harness import (
 LIST_CHANGED = "notifications/tools/list_changed"
 
 
-def test_raw_get_stream_hears_upstream_tool_change(e2e_tmp):
-    """An upstream registers a tool and announces it: the GET stream carries list_changed and
-    the new tool is listed and callable through Sluice."""
-    tmp = e2e_tmp / "notify-upstream"
-    gw = Gateway(tmp, {"live": stdio_live(tmp / "live-record.txt")}, name="sluice-notify-upstream")
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_raw_get_stream_hears_upstream_tool_change(e2e_tmp, transport):
+    """An upstream (stdio, or Streamable HTTP announcing on its own GET stream) registers a tool
+    and announces it: the GET stream carries list_changed and the new tool is listed and
+    callable through Sluice."""
+    tmp = e2e_tmp / f"notify-upstream-{transport}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    upstream = None
+    if transport == "stdio":
+        spec = stdio_live(tmp / "live-record.txt")
+    else:
+        upstream = LiveHttp(tmp, record_file=tmp / "live-record.txt")
+        spec = http_upstream(upstream.url)
+    try:
+        gw = Gateway(tmp, {"live": spec}, name=f"sluice-notify-upstream-{transport}")
+    except BaseException:
+        if upstream:
+            upstream.stop()
+        raise
     client = gw.client()
     stream = None
     try:
@@ -49,6 +66,8 @@ def test_raw_get_stream_hears_upstream_tool_change(e2e_tmp):
             stream.close()
         client.close()
         gw.stop()
+        if upstream:
+            upstream.stop()
 
 
 def test_raw_get_stream_hears_server_added_by_sighup(e2e_tmp):
