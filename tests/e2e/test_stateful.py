@@ -106,3 +106,30 @@ def test_explicit_shared_is_the_default(e2e_tmp):
         if gw:
             gw.stop()
         upstream.stop()
+
+
+def test_per_client_session_closed_when_downstream_session_expires(e2e_tmp):
+    """A downstream session that expires (`mcp.session_ttl`) closes its per-client upstream
+    session too, without the client doing anything more; the expired session is refused."""
+    tmp = e2e_tmp / "stateful-expiry"
+    tmp.mkdir(parents=True, exist_ok=True)
+    upstream = StatefulServer(tmp)
+    gw = None
+    a = None
+    try:
+        gw = Gateway(tmp, {"st": {**http_upstream(upstream.url), "session": "per_client"}},
+                     name="sluice-per-client-expiry", session_ttl="5s")
+        a = gw.client()
+        a.initialize()
+        upstream_a = text(a.call_tool("st__session_id"))
+        wait_until(lambda: f"delete:{upstream_a}" in upstream.lines(), 40,
+                   f"the upstream to see DELETE of session {upstream_a} after the downstream session expired "
+                   f"(record: {upstream.lines()})")
+        response = a.post(a.request_body("tools/call", {"name": "st__get_value", "arguments": {}}))
+        assert response.status_code == 404, f"an expired session was served: HTTP {response.status_code} {response.text}"
+    finally:
+        if a:
+            a.close()
+        if gw:
+            gw.stop()
+        upstream.stop()
