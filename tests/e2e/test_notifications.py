@@ -150,3 +150,40 @@ def test_sdk_client_hears_list_changed(e2e_tmp):
         assert "py__add" in after_reload, sorted(after_reload)
     finally:
         gw.stop()
+
+
+def test_resource_subscription_updates_reach_the_get_stream(e2e_tmp):
+    """resources/subscribe to a namespaced URI of server-everything (stdio), then start its
+    simulated updates: notifications/resources/updated arrives on the subscriber's GET stream,
+    with the URI namespaced as the client knows it."""
+    from harness import stdio_everything
+
+    tmp = e2e_tmp / "notify-subscribe"
+    gw = Gateway(tmp, {"ev": stdio_everything()}, name="sluice-notify-subscribe")
+    client = gw.client()
+    stream = None
+    try:
+        client.initialize()
+        _, listed = client.request("resources/list")
+        uris = [r["uri"] for r in listed["result"]["resources"]]
+        static = [u for u in uris if "demo://resource/static/document/" in u]
+        assert static, f"no static document resource listed: {uris}"
+        uri = static[0]
+        assert uri.startswith("ev+"), uri
+        stream = NotificationStream(client)
+
+        _, subscribed = client.request("resources/subscribe", {"uri": uri})
+        assert "result" in subscribed, subscribed
+        toggled = client.call_tool("ev__toggle-subscriber-updates")
+        assert "result" in toggled, toggled
+        updated = stream.wait_for("notifications/resources/updated", 30)
+        assert updated["params"]["uri"] == uri, updated
+
+        client.call_tool("ev__toggle-subscriber-updates")  # stop the simulated updates
+        _, unsubscribed = client.request("resources/unsubscribe", {"uri": uri})
+        assert "result" in unsubscribed, unsubscribed
+    finally:
+        if stream:
+            stream.close()
+        client.close()
+        gw.stop()
