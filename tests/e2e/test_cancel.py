@@ -11,8 +11,19 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 
-from harness import Gateway, RawMcp, stdio_live, wait_until
+from harness import Gateway, LiveHttp, RawMcp, http_upstream, stdio_live, wait_until
+
+#: Upstreams started by `start_gateway`, stopped by the `stop_upstreams` fixture.
+_upstreams: list = []
+
+
+@pytest.fixture(autouse=True)
+def stop_upstreams():
+    yield
+    while _upstreams:
+        _upstreams.pop().stop()
 
 
 def recorded(path: Path) -> list[str]:
@@ -30,16 +41,28 @@ def raw_http_post(port: int, client: RawMcp, body: dict) -> socket.socket:
     return sock
 
 
-def start_gateway(e2e_tmp: Path, name: str) -> tuple[Gateway, Path]:
+def start_gateway(e2e_tmp: Path, name: str, transport: str = "stdio") -> tuple[Gateway, Path]:
+    """A Sluice fronting the live fixture over `transport` (stdio, or Streamable HTTP)."""
+    name = f"{name}-{transport}"
     tmp = e2e_tmp / name
     tmp.mkdir(parents=True, exist_ok=True)
     record = tmp / "live-record.txt"
     record.touch()
-    return Gateway(tmp, {"live": stdio_live(record)}, name=f"sluice-{name}"), record
+    if transport == "stdio":
+        spec = stdio_live(record)
+    else:
+        upstream = LiveHttp(tmp, record_file=record)
+        _upstreams.append(upstream)
+        spec = http_upstream(upstream.url)
+    return Gateway(tmp, {"live": spec}, name=f"sluice-{name}"), record
 
 
-def test_disconnect_cancels_upstream_call(e2e_tmp):
-    gw, record = start_gateway(e2e_tmp, "cancel-disconnect")
+transports = pytest.mark.parametrize("transport", ["stdio", "http"])
+
+
+@transports
+def test_disconnect_cancels_upstream_call(e2e_tmp, transport):
+    gw, record = start_gateway(e2e_tmp, "cancel-disconnect", transport)
     client = gw.client()
     try:
         client.initialize()
@@ -60,9 +83,10 @@ def test_disconnect_cancels_upstream_call(e2e_tmp):
         gw.stop()
 
 
-def test_disconnect_while_streaming_progress_cancels_upstream_call(e2e_tmp):
+@transports
+def test_disconnect_while_streaming_progress_cancels_upstream_call(e2e_tmp, transport):
     """The same, when the call carries a progress token (so Sluice may answer with SSE)."""
-    gw, record = start_gateway(e2e_tmp, "cancel-disconnect-sse")
+    gw, record = start_gateway(e2e_tmp, "cancel-disconnect-sse", transport)
     client = gw.client()
     try:
         client.initialize()
@@ -81,8 +105,9 @@ def test_disconnect_while_streaming_progress_cancels_upstream_call(e2e_tmp):
         gw.stop()
 
 
-def test_notifications_cancelled_cancels_upstream_call(e2e_tmp):
-    gw, record = start_gateway(e2e_tmp, "cancel-notification")
+@transports
+def test_notifications_cancelled_cancels_upstream_call(e2e_tmp, transport):
+    gw, record = start_gateway(e2e_tmp, "cancel-notification", transport)
     client = gw.client()
     outcome: dict = {}
     try:
