@@ -893,3 +893,13 @@ class LiveHttp(ListeningProc):
         env = {RECORD_ENV: str(record_file)} if record_file is not None else None
         super().__init__(name, [str(PYTHON), str(LIVE_SERVER), "http", str(port)], tmp / f"{name}.log", port, env=env)
         self.url = f"http://127.0.0.1:{self.port}/mcp"
+
+
+class LiveSse(ListeningProc):
+    """tests/fixtures/live_server.py over legacy HTTP+SSE; its event stream is `self.url`."""
+
+    def __init__(self, tmp: Path, name: str = "live-sse", record_file: Path | None = None):
+        port = free_port()
+        env = {RECORD_ENV: str(record_file)} if record_file is not None else None
+        super().__init__(name, [str(PYTHON), str(LIVE_SERVER), "sse", str(port)], tmp / f"{name}.log", port, env=env)
+        self.url = f"http://127.0.0.1:{self.port}/sse"

@@ -179,17 +179,36 @@ def test_sampling_answer_reaches_the_tool(everything_gateway):
 # whatever was declared, so these tests exercise Sluice's relay on their own.
 
 
-@pytest.fixture(scope="module")
-def live_gateway(e2e_tmp) -> Iterator[Gateway]:
-    from harness import stdio_live
+@pytest.fixture(scope="module", params=["stdio", "http", "sse"])
+def live_gateway(request, e2e_tmp) -> Iterator[Gateway]:
+    """A Sluice fronting the live fixture over the parametrized upstream transport."""
+    from harness import LiveHttp, LiveSse, stdio_live
 
-    tmp = e2e_tmp / "streaming-live"
-    gw = Gateway(tmp, {"live": stdio_live(tmp / "live-record.txt")}, name="sluice-streaming-live")
+    tmp = e2e_tmp / f"streaming-live-{request.param}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    record = tmp / "live-record.txt"
+    upstream = None
+    if request.param == "stdio":
+        spec = stdio_live(record)
+    elif request.param == "http":
+        upstream = LiveHttp(tmp, record_file=record)
+        spec = http_upstream(upstream.url)
+    else:
+        upstream = LiveSse(tmp, record_file=record)
+        spec = sse_upstream(upstream.url)
+    try:
+        gw = Gateway(tmp, {"live": spec}, name=f"sluice-streaming-live-{request.param}")
+    except BaseException:
+        if upstream:
+            upstream.stop()
+        raise
     yield gw
     gw.stop()
+    if upstream:
+        upstream.stop()
 
 
-def test_relayed_elicitation_from_stdio_upstream(live_gateway):
+def test_relayed_elicitation(live_gateway):
     elicitation_requests.clear()
 
     async def scenario(session):
@@ -200,7 +219,7 @@ def test_relayed_elicitation_from_stdio_upstream(live_gateway):
     assert text_of(result) == f"accept:{ELICITED_NAME}", result
 
 
-def test_relayed_sampling_from_stdio_upstream(live_gateway):
+def test_relayed_sampling(live_gateway):
     sampling_requests.clear()
 
     async def scenario(session):
