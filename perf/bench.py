@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Sluice's load benchmark: one run, three paths, same scenarios.
+"""Sluice's load benchmark: one run, four paths, same scenarios.
 
-Starts the fast upstream (perf-upstream), the floor (perf-floor, a bare Pingora proxy) in front
-of it, and Sluice in front of it, opens an MCP session on each path, then drives a fixed request
-rate with oha (open loop, latency-corrected) to each path in turn:
+Starts the fast upstream (perf-upstream), the floor (perf-floor, a bare Pingora proxy), nginx (a
+reverse proxy with a keep-alive upstream pool) and Sluice in front of it, opens an MCP session on
+each path, then drives a fixed request rate with oha (open loop, latency-corrected) to each path
+in turn:
 
     direct  client -> upstream
     floor   client -> perf-floor -> upstream
+    nginx   client -> nginx -> upstream
     sluice  client -> sluice -> upstream
 
 For every scenario and path it records p50/p99/p99.9, errors, CPU seconds per 1,000 requests
@@ -51,7 +53,7 @@ P99_LIMIT_MS = 10.0
 BACKGROUND_LIMIT = 0.25  # cores used by other processes above which a run is flagged
 UPSTREAM_TOOLS = 500
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PATHS = ("direct", "floor", "sluice")
+PATHS = ("direct", "floor", "nginx", "sluice")
 
 
 @dataclasses.dataclass
@@ -104,6 +106,18 @@ class Service:
     def pid(self) -> int:
         return self.proc.pid
 
+    def tree(self) -> list[int]:
+        """The process and its children (nginx's workers); one process for the others."""
+        pids = [self.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self.pid:
+                pids.append(int(stat.parent.name))
+        return pids
+
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
             tail = self.log.read_text(errors="replace")[-2000:]
@@ -111,24 +125,38 @@ class Service:
                              f"log {self.log}:\n{tail}")
 
     def cpu_seconds(self) -> float:
-        """utime+stime of every thread of the process so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        """utime+stime of every thread of the process (and of its children: nginx's workers)
+        so far."""
+        total = 0
+        for pid in self.tree():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / CLK_TCK
 
     def reset_peak_rss(self) -> bool:
         """Reset VmHWM so that the next reading is the peak of one run (Linux >= 4.0, needs
         permission on the process; ours are our children)."""
         try:
-            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+            for pid in self.tree():
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
             return True
         except OSError:
             return False
 
     def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """VmHWM, summed over the process and its children (nginx's master and workers)."""
+        total = 0
+        for pid in self.tree():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            total += next((int(line.split()[1]) for line in status.splitlines()
+                           if line.startswith("VmHWM:")), 0)
+        return total / 1024 if total else float("nan")
 
     def stop(self) -> None:
         # SIGINT: Pingora's fast shutdown (SIGTERM would wait out a grace period).
@@ -442,8 +470,58 @@ audit:
 """
 
 
+def find_nginx(explicit: Path | None) -> str | None:
+    """nginx from --nginx-bin, PATH, or where Debian puts it (/usr/sbin, not on a user's PATH)."""
+    candidates = [explicit] if explicit else [shutil.which("nginx"), "/usr/sbin/nginx",
+                                              "/usr/local/nginx/sbin/nginx"]
+    return next((str(c) for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
+def nginx_config(prefix: Path, listen: int, upstream: int, workers: int) -> str:
+    """nginx as a reviewer would set it up in front of one HTTP/1.1 upstream: a keep-alive pool
+    of 64 connections (`keepalive`, HTTP/1.1 and an empty Connection header to the upstream),
+    one worker per core like the floor's threads, no access log. Everything it writes (pid,
+    error log, temporary files) stays in `prefix`, so it runs without root. Two settings keep
+    the comparison like for like with Pingora, which neither caps requests per connection nor
+    spools answers to disk: `keepalive_requests` is raised on both sides (default 1000), and
+    `proxy_max_temp_file_size 0` makes a large answer wait for the client in memory buffers
+    instead of a temporary file."""
+    user = "user root;\n" if os.geteuid() == 0 else ""  # workers otherwise run as nobody
+    temp = "\n".join(f"    {kind}_temp_path {prefix / kind};"
+                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""{user}daemon off;
+master_process on;
+worker_processes {workers};
+pid {prefix / "nginx.pid"};
+error_log {prefix / "error.log"} warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+{temp}
+    upstream perf_upstream {{
+        server 127.0.0.1:{upstream};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{listen};
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://perf_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+}}
+"""
+
+
 def start_services(args, bin_dir: Path, work: Path) -> tuple[dict, dict, str]:
-    """Upstream, floor and Sluice (as asked by --paths); returns services, targets, stats URL."""
+    """Upstream, floor, nginx and Sluice (as asked by --paths); returns services, targets, stats
+    URL."""
     up_port, floor_port = free_port(), free_port()
     services: dict[str, Service] = {}
     services["upstream"] = Service("upstream", [
@@ -459,6 +537,18 @@ def start_services(args, bin_dir: Path, work: Path) -> tuple[dict, dict, str]:
         wait_until("perf-floor", lambda: http("GET", f"http://127.0.0.1:{floor_port}/stats")[0]
                    == 200, services["floor"])
         targets["floor"] = Target("floor", f"http://127.0.0.1:{floor_port}/mcp", "")
+    if "nginx" in args.paths:
+        port, prefix = free_port(), work / "nginx"
+        prefix.mkdir()
+        config = prefix / "nginx.conf"
+        config.write_text(nginx_config(prefix, port, up_port, args.threads))
+        args.nginx_config = config  # recorded in RESULTS.md
+        services["nginx"] = Service("nginx", [
+            args.nginx_bin, "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")],
+            work)
+        wait_until("nginx", lambda: http("GET", f"http://127.0.0.1:{port}/stats")[0] == 200,
+                   services["nginx"])
+        targets["nginx"] = Target("nginx", f"http://127.0.0.1:{port}/mcp", "")
     if "sluice" in args.paths:
         port, admin = free_port(), free_port()
         config = work / "sluice.yaml"
@@ -518,13 +608,19 @@ def scenario_table(scenario: Scenario, rows: list[Measurement], search: dict) ->
             f"| {rss_proxy} / {fmt(m.peak_rss_mb['upstream'], 1)} "
             f"| {m.upstream_connections} | {m.load.other_cores:.2f} | {max_rate} |")
     by_path = {m.path: m for m in rows}
-    if direct and "floor" in by_path and "sluice" in by_path:
+    names = {"sluice": "Sluice", "floor": "floor", "nginx": "nginx"}
+    ratio_lines = []
+    for a, b in (("sluice", "floor"), ("sluice", "nginx"), ("floor", "nginx")):
+        if not (direct and a in by_path and b in by_path):
+            continue
         ratios = []
         for attr, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")):
-            s, f = added(by_path["sluice"], direct, attr), added(by_path["floor"], direct, attr)
-            ratios.append(f"{label} {s / f:.2f}×" if s is not None and f and f > 0 else
+            x, y = added(by_path[a], direct, attr), added(by_path[b], direct, attr)
+            ratios.append(f"{label} {x / y:.2f}×" if x is not None and y and y > 0 else
                           f"{label} n/a")
-        out += ["", "Added latency, Sluice ÷ floor: " + ", ".join(ratios) + "."]
+        ratio_lines.append(f"Added latency, {names[a]} ÷ {names[b]}: " + ", ".join(ratios) + ".")
+    if ratio_lines:
+        out += [""] + [line + "  " for line in ratio_lines[:-1]] + ratio_lines[-1:]
     out += ["", "Answers: " + ", ".join(f"{m.path} `{m.content_type}`" for m in rows) + "."]
     if max(background) > BACKGROUND_LIMIT:
         out += ["", f"**Warning:** other processes used up to {max(background):.2f} cores during "
@@ -556,7 +652,8 @@ def parse_args() -> argparse.Namespace:
                    help="harness check: tools/call small at a low rate for a few seconds on each "
                         "path; no search, nothing written to RESULTS.md")
     p.add_argument("--paths", default=",".join(PATHS),
-                   help="comma-separated subset of direct,floor,sluice (default: all)")
+                   help="comma-separated subset of direct,floor,nginx,sluice (default: all; "
+                        "nginx is left out, with a note, when it is not installed)")
     p.add_argument("--scenarios", default="small,large,list",
                    help="comma-separated subset of small,large,list")
     p.add_argument("--duration", type=float,
@@ -572,6 +669,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--target-dir", type=Path, default=target_dir,
                    help="cargo target directory (default: $CARGO_TARGET_DIR or /work/target)")
     p.add_argument("--sluice-bin", type=Path, help="default: TARGET_DIR/release/sluice")
+    p.add_argument("--nginx-bin", type=Path,
+                   help="default: nginx on PATH, else /usr/sbin/nginx (Debian's nginx package)")
     p.add_argument("--sluice-args", default="--config {config}",
                    help="Sluice's arguments; {config} is the generated configuration file")
     p.add_argument("--no-record", action="store_true", help="do not append to perf/RESULTS.md")
@@ -579,10 +678,19 @@ def parse_args() -> argparse.Namespace:
     args.paths = [x for x in args.paths.split(",") if x]
     args.scenarios = [x for x in args.scenarios.split(",") if x]
     if "direct" not in args.paths or any(x not in PATHS for x in args.paths):
-        p.error("--paths must include direct (the baseline) and only direct, floor, sluice")
+        p.error("--paths must include direct (the baseline) and only direct, floor, nginx, "
+                "sluice")
     if any(x not in ("small", "large", "list") for x in args.scenarios):
         p.error("--scenarios takes small, large, list")
     args.sluice_bin = args.sluice_bin or args.target_dir / "release" / "sluice"
+    args.notes = []
+    if "nginx" in args.paths:
+        args.nginx_bin = find_nginx(args.nginx_bin)
+        if args.nginx_bin is None:
+            args.paths.remove("nginx")
+            args.notes.append("nginx is not installed (`apt-get install nginx`, or `make "
+                              "system-deps`): the nginx path was left out")
+            print(f"note: {args.notes[-1]}", file=sys.stderr, flush=True)
     return args
 
 
@@ -594,6 +702,9 @@ def main() -> int:
     build_cmd = (["(skipped: --no-build)"] if args.no_build else build(args.target_dir, packages))
     oha = find_oha(args.target_dir)
     oha_version = subprocess.run([oha, "--version"], capture_output=True, text=True).stdout.strip()
+    if "nginx" in args.paths:
+        done = subprocess.run([args.nginx_bin, "-v"], capture_output=True, text=True)
+        args.nginx_version = (done.stderr or done.stdout).strip().removeprefix("nginx version: ")
     scenarios = [s for s in SCENARIOS if (s.tool or "list") in args.scenarios]
     if args.quick:
         scenarios = [dataclasses.replace(s, rate=100, duration=3) for s in scenarios
@@ -657,7 +768,8 @@ def main() -> int:
             if failures:
                 print("bench --quick FAILED:\n  " + "\n  ".join(failures))
                 return 1
-            print("bench --quick OK: every path answered with latency numbers and no errors")
+            print("bench --quick OK: every path answered with latency numbers and no errors"
+                  + "".join(f" ({note})" for note in args.notes))
             return 0
         if not args.no_record:
             record(started, load_average, args, build_cmd, oha_version, services, commands,
@@ -686,12 +798,19 @@ def record(started, load_average, args, build_cmd, oha_version, services, comman
         f"- Run: `{shlex.join(['python3', 'perf/bench.py'] + sys.argv[1:])}`",
         f"- Build: `{shlex.join(build_cmd)}`",
     ]
+    if getattr(args, "nginx_version", None):
+        lines.append(f"- nginx: {args.nginx_version} (`{args.nginx_bin}`)")
     lines += [f"- {name}: `{shlex.join(s.argv)}`" for name, s in services.items()]
     lines += [f"- oha, {name}: `{cmd}`" for name, cmd in commands.items()]
     config = getattr(args, "sluice_config", None)
     if config:
         lines += ["", "Sluice's configuration (the key and session secret are random per run):",
                   "", "```yaml", config.read_text().rstrip(), "```"]
+    config = getattr(args, "nginx_config", None)
+    if config:
+        lines += ["", "nginx's configuration:", "", "```nginx", config.read_text().rstrip(), "```"]
+    if args.notes:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in args.notes]
     if failures:
         lines += ["", "**Failures:**", ""] + [f"- {f}" for f in failures]
     with open(RESULTS, "a") as out:
