@@ -224,7 +224,7 @@ impl Drop for Bench {
 pub fn full_body(response: &Response) -> String {
     match &response.body {
         Body::Full(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-        Body::Events(_) => panic!("expected a JSON answer, got an event stream"),
+        Body::Events(_) | Body::Stream(_) => panic!("expected a whole JSON answer, got a stream"),
     }
 }
 

@@ -93,6 +93,8 @@ pub struct Session {
     /// The random part: names the session in per-instance tables.
     pub nonce: [u8; NONCE_LEN],
     pub capabilities: ClientCapabilities,
+    /// Unix seconds after which the session is refused.
+    pub expires_at: u64,
 }
 
 impl Session {
@@ -188,6 +190,7 @@ impl Sessions {
                 .map_err(|_| SessionError::Malformed)?,
             nonce,
             capabilities: ClientCapabilities(body[CAPABILITIES]),
+            expires_at: created.saturating_add(self.ttl.as_secs()),
         })
     }
 
@@ -195,7 +198,7 @@ impl Sessions {
     pub fn delete(&self, token: &str) -> Result<Session, SessionError> {
         let session = self.open(token)?;
         let nonce = session.nonce;
-        let expires = session.created.saturating_add(self.ttl.as_secs());
+        let expires = session.expires_at;
         let mut deleted = self.lock_deleted();
         let now = now();
         deleted.retain(|_, exp| *exp >= now);

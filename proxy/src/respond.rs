@@ -2,10 +2,11 @@
 //! once, or server-sent events as they come.
 
 use bytes::Bytes;
+use futures::StreamExt;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
-use sluice_filters::mcp::{Body, Response};
+use sluice_filters::mcp::{Body, BodyStream, Response};
 use tokio::sync::mpsc;
 
 /// Write `response` as the whole answer to the request. An event stream is written event by
@@ -29,30 +30,68 @@ pub async fn write(session: &mut Session, response: Response) -> Result<()> {
             Ok(())
         }
         Body::Events(events) => {
+            // Chunked on HTTP/1.1, so the connection stays reusable (Pingora drops the header
+            // on HTTP/2).
+            header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
             session
                 .write_response_header(Box::new(header), false)
                 .await?;
             write_events(session, events).await
         }
+        Body::Stream(body) => {
+            header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            session
+                .write_response_header(Box::new(header), false)
+                .await?;
+            write_stream(session, body).await
+        }
     }
+}
+
+/// Write a body piece by piece as it comes; a body that breaks off closes the connection, so
+/// the client sees an error rather than a truncated answer that looks complete.
+async fn write_stream(session: &mut Session, mut body: BodyStream) -> Result<()> {
+    loop {
+        tokio::select! {
+            piece = body.next() => match piece {
+                Some(Ok(piece)) => {
+                    if session.write_response_body(Some(piece), false).await.is_err() {
+                        return client_gone(session);
+                    }
+                }
+                Some(Err(reason)) => {
+                    return Error::e_explain(ErrorType::ReadError, reason);
+                }
+                None => break,
+            },
+            _ = session.downstream_session.read_body_or_idle(true) => return client_gone(session),
+        }
+    }
+    if session.write_response_body(None, true).await.is_err() {
+        return client_gone(session);
+    }
+    Ok(())
 }
 
 async fn write_events(session: &mut Session, mut events: mpsc::Receiver<Bytes>) -> Result<()> {
     loop {
         tokio::select! {
             event = events.recv() => match event {
-                Some(event) => session.write_response_body(Some(event), false).await?,
+                Some(event) => {
+                    if session.write_response_body(Some(event), false).await.is_err() {
+                        return client_gone(session);
+                    }
+                }
                 None => break,
             },
             // The client closed the connection: the normal end of a notification stream.
             // Stop writing (dropping `events` stops the producer).
-            _ = session.downstream_session.read_body_or_idle(true) => {
-                session.set_keepalive(None);
-                return Ok(());
-            }
+            _ = session.downstream_session.read_body_or_idle(true) => return client_gone(session),
         }
     }
-    session.write_response_body(None, true).await?;
+    if session.write_response_body(None, true).await.is_err() {
+        return client_gone(session);
+    }
     Ok(())
 }
 
@@ -65,4 +104,11 @@ pub fn not_found(path: &str) -> Response {
                 .to_string(),
         ),
     )
+}
+
+/// A client that leaves in the middle of a stream is its normal end, not a gateway error:
+/// the connection is not reused, and nothing is logged as a failure.
+fn client_gone(session: &mut Session) -> Result<()> {
+    session.set_keepalive(None);
+    Ok(())
 }

@@ -20,6 +20,7 @@ use super::{Services, session_fingerprint};
 use crate::audit::{AuditRecord, now_rfc3339};
 use crate::catalog::{Kind, resource_grant_name};
 use crate::jsonrpc::{self, code};
+use crate::upstream::answer::Member;
 use crate::upstream::{CallOptions, Outcome, Upstream};
 
 /// Work done for the audit log and metrics.
@@ -218,6 +219,7 @@ pub(super) async fn tools_call(
             method: "tools/call",
             params: forwarded,
             progress,
+            stream_answer: true,
         },
         move |ending, elapsed| {
             let (body, work) = tool_answer(&answer_id, ending, elapsed, work);
@@ -260,6 +262,27 @@ fn tool_answer(
             work.error = Some(message);
             (body, work)
         }
+        // The relay gathers or passes on streamed answers itself; never reached.
+        Ending::Answered(Ok(Outcome::Streamed(_))) => {
+            work.error = Some("a streamed answer reached the wrong place".into());
+            (
+                jsonrpc::error_bytes(Some(id), code::INTERNAL_ERROR, "internal error", None),
+                work,
+            )
+        }
+        Ending::Streamed {
+            member,
+            is_error,
+            cut,
+        } => {
+            work.status = match (member, is_error, &cut) {
+                (_, _, Some(_)) | (Member::Error, _, _) => "error",
+                (Member::Result, true, None) => "tool_error",
+                (Member::Result, false, None) => "ok",
+            };
+            work.error = cut;
+            (Vec::new(), work)
+        }
         Ending::Abandoned(reason) => {
             work.status = "cancelled";
             work.error = Some(reason.to_string());
@@ -277,6 +300,7 @@ fn caller<'a>(context: &'a Context<'_>, id: &'a RawValue) -> Caller<'a> {
         live: &context.endpoint.live,
         streamed: &context.endpoint.services.metrics.streamed_answers,
         session: context.session.nonce,
+        session_expires_at: context.session.expires_at,
         capabilities: context.session.capabilities,
         request_id: id,
     }
@@ -355,6 +379,7 @@ async fn forward_plain(
             method,
             params: forwarded,
             progress,
+            stream_answer: map_result.is_none(),
         },
         move |ending, elapsed| {
             let ending = match (ending, &map_result) {
@@ -644,6 +669,7 @@ pub(super) async fn subscribe(
     };
     let options = CallOptions {
         session: Some(session),
+        session_expires_at: Some(context.session.expires_at),
         ..CallOptions::default()
     };
     match resolved
@@ -653,6 +679,12 @@ pub(super) async fn subscribe(
     {
         Ok(Outcome::Result(result)) => jsonrpc::result_bytes(id, result.get()),
         Ok(Outcome::Error(error)) => jsonrpc::error_object_bytes(Some(id), error.get()),
+        Ok(Outcome::Streamed(_)) => jsonrpc::error_bytes(
+            Some(id),
+            code::INTERNAL_ERROR,
+            "the upstream's answer came in pieces",
+            None,
+        ),
         Err(e) => jsonrpc::error_bytes(
             Some(id),
             code::INTERNAL_ERROR,

@@ -19,10 +19,25 @@ pub struct Request<'a> {
 /// A response body: whole, or a stream of server-sent events written as they come. The
 /// stream ends when its sender is dropped; a writer that stops reading (client gone) makes the
 /// producer stop and cancel its upstream work.
-#[derive(Debug)]
 pub enum Body {
     Full(Bytes),
     Events(mpsc::Receiver<Bytes>),
+    /// A body written as it comes (a large answer passed on from an upstream); an `Err` means
+    /// it broke off, and the connection is closed rather than ending a truncated body cleanly.
+    Stream(BodyStream),
+}
+
+/// The pieces of a [`Body::Stream`].
+pub type BodyStream = futures::stream::BoxStream<'static, Result<Bytes, String>>;
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Full(bytes) => f.debug_tuple("Full").field(bytes).finish(),
+            Body::Events(_) => f.write_str("Events"),
+            Body::Stream(_) => f.write_str("Stream"),
+        }
+    }
 }
 
 impl Body {
@@ -30,7 +45,7 @@ impl Body {
     pub fn as_bytes(&self) -> Option<&Bytes> {
         match self {
             Body::Full(bytes) => Some(bytes),
-            Body::Events(_) => None,
+            Body::Events(_) | Body::Stream(_) => None,
         }
     }
 }
@@ -52,6 +67,16 @@ impl Response {
             status,
             headers: vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
             body: Body::Full(body.into()),
+            upstream_time: None,
+        }
+    }
+
+    /// A JSON body written as it comes.
+    pub fn json_stream(body: BodyStream) -> Self {
+        Response {
+            status: StatusCode::OK,
+            headers: vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body: Body::Stream(body),
             upstream_time: None,
         }
     }

@@ -204,11 +204,11 @@ mod tests {
         let live = Arc::new(Live::default());
         let (tx, rx) = oneshot::channel();
         let (id, _guard) = live.wait_for_client([1; 16], tx).unwrap();
-        let answer = Outcome::Result(RawValue::from_string("{}".into()).unwrap());
-        assert!(!live.client_answered([2; 16], &id, answer.clone()));
-        assert!(live.client_answered([1; 16], &id, answer.clone()));
+        let answer = || Outcome::Result(RawValue::from_string("{}".into()).unwrap());
+        assert!(!live.client_answered([2; 16], &id, answer()));
+        assert!(live.client_answered([1; 16], &id, answer()));
         assert!(rx.await.is_ok());
-        assert!(!live.client_answered([1; 16], &id, answer));
+        assert!(!live.client_answered([1; 16], &id, answer()));
     }
 
     #[test]

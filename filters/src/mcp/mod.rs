@@ -34,7 +34,7 @@ use sluice_conf::Config;
 use tokio::sync::watch;
 
 pub use self::calls::forward_params;
-pub use self::http::{Body, Request, Response};
+pub use self::http::{Body, BodyStream, Request, Response};
 use self::live::Live;
 use crate::audit::AuditLog;
 use crate::auth::{KeyEntry, KeyStore};

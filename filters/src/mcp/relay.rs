@@ -8,6 +8,7 @@
 //! dropped, or the proxy drops the whole request). Every queue on the way is bounded.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use super::live::{Live, SessionTag, WaitingRequest};
 use crate::jsonrpc::code;
 use crate::session::ClientCapabilities;
 use crate::sse;
+use crate::upstream::answer::{Member, StreamedAnswer};
 use crate::upstream::{
     CallOptions, EVENTS_PER_CALL, Event, Outcome, ServerRequest, Upstream, UpstreamError,
     client_error,
@@ -34,6 +36,7 @@ pub(super) struct Caller<'a> {
     pub live: &'a Arc<Live>,
     pub streamed: &'a prometheus::IntCounter,
     pub session: SessionTag,
+    pub session_expires_at: u64,
     pub capabilities: ClientCapabilities,
     pub request_id: &'a RawValue,
 }
@@ -44,6 +47,8 @@ pub(super) struct Forward {
     pub method: &'static str,
     pub params: Box<RawValue>,
     pub progress: Option<Progress>,
+    /// Whether a large answer may be passed on as it arrives (not when it must be changed).
+    pub stream_answer: bool,
 }
 
 /// The client's progress token, and the one the upstream sees instead (unique per call, so
@@ -56,6 +61,12 @@ pub(super) struct Progress {
 /// How a relayed call ended.
 pub(super) enum Ending {
     Answered(Result<Outcome, UpstreamError>),
+    /// A large answer was passed on as it arrived; `cut` says why it ended early, if it did.
+    Streamed {
+        member: Member,
+        is_error: bool,
+        cut: Option<String>,
+    },
     /// The client cancelled or went away before the answer.
     Abandoned(&'static str),
 }
@@ -100,15 +111,19 @@ where
     let (events_tx, mut events) = mpsc::channel(EVENTS_PER_CALL);
     let options = CallOptions {
         events: Some(events_tx),
+        stream_answer: forward.stream_answer,
         progress_token: forward.progress.as_ref().map(|p| p.upstream.clone()),
         session: Some(caller.session),
+        session_expires_at: Some(caller.session_expires_at),
     };
     let Forward {
         upstream,
         method,
         params,
         progress,
+        ..
     } = forward;
+    let server = upstream.name.clone();
     let mut call = Box::pin(async move { upstream.call(method, Some(&params), &options).await });
     let tracked = caller.live.track_call(caller.session, caller.request_id);
     let mut translator = Translator {
@@ -126,6 +141,13 @@ where
             outcome = &mut call => {
                 // Events sent just before the answer are still queued: they go first.
                 let pending = translator.drain(&mut events);
+                let outcome = match outcome {
+                    Ok(Outcome::Streamed(answer)) if pending.is_empty() => {
+                        return json_stream(caller.request_id, answer, finisher);
+                    }
+                    Ok(Outcome::Streamed(answer)) => collect(&server, answer).await,
+                    outcome => outcome,
+                };
                 let body = finisher.finish(Ending::Answered(outcome));
                 if pending.is_empty() {
                     return Response::json(StatusCode::OK, body);
@@ -165,6 +187,11 @@ where
                             return;
                         }
                     }
+                    // An SSE event holds one whole message: a streamed answer is gathered.
+                    let outcome = match outcome {
+                        Ok(Outcome::Streamed(answer)) => collect(&server, answer).await,
+                        outcome => outcome,
+                    };
                     let body = finisher.finish(Ending::Answered(outcome));
                     let _ = out.send(sse::message_event(&body)).await;
                     return;
@@ -186,6 +213,82 @@ where
         }
     });
     Response::events(stream)
+}
+
+/// A JSON response whose `result` (or `error`) is passed on as it arrives from the upstream;
+/// the call is accounted for when the last byte has gone (or the client went away).
+fn json_stream<F>(id: &RawValue, answer: StreamedAnswer, finisher: Finisher<F>) -> Response
+where
+    F: FnOnce(Ending, Duration) -> Vec<u8> + Send + 'static,
+{
+    let member = answer.member;
+    let name = match member {
+        Member::Result => "result",
+        Member::Error => "error",
+    };
+    let head = Bytes::from(format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{},\"{name}\":",
+        id.get()
+    ));
+    struct State<F: FnOnce(Ending, Duration) -> Vec<u8>> {
+        head: Option<Bytes>,
+        answer: StreamedAnswer,
+        finisher: Option<Finisher<F>>,
+    }
+    let state = State {
+        head: Some(head),
+        answer,
+        finisher: Some(finisher),
+    };
+    let stream = futures::stream::unfold(state, move |mut state| async move {
+        if let Some(head) = state.head.take() {
+            return Some((Ok(head), state));
+        }
+        let finisher = state.finisher.take()?;
+        match state.answer.chunks.recv().await {
+            Some(Ok(bytes)) => {
+                state.finisher = Some(finisher);
+                Some((Ok(bytes), state))
+            }
+            Some(Err(cut)) => {
+                finisher.finish(Ending::Streamed {
+                    member,
+                    is_error: false,
+                    cut: Some(cut.clone()),
+                });
+                Some((Err(cut), state))
+            }
+            None => {
+                let is_error = state.answer.is_error.load(Ordering::Relaxed);
+                finisher.finish(Ending::Streamed {
+                    member,
+                    is_error,
+                    cut: None,
+                });
+                Some((Ok(Bytes::from_static(b"}")), state))
+            }
+        }
+    });
+    Response::json_stream(Box::pin(stream))
+}
+
+/// Gather a streamed answer whole (bounded by the upstream's message limit).
+async fn collect(server: &Arc<str>, mut answer: StreamedAnswer) -> Result<Outcome, UpstreamError> {
+    let protocol = |detail: String| UpstreamError::Protocol {
+        server: server.clone(),
+        detail,
+    };
+    let mut value = Vec::new();
+    while let Some(chunk) = answer.chunks.recv().await {
+        value.extend_from_slice(&chunk.map_err(protocol)?);
+    }
+    let value = String::from_utf8(value).map_err(|_| protocol("the answer is not UTF-8".into()))?;
+    let value = RawValue::from_string(value)
+        .map_err(|e| protocol(format!("the answer is not JSON: {e}")))?;
+    Ok(match answer.member {
+        Member::Result => Outcome::Result(value),
+        Member::Error => Outcome::Error(value),
+    })
 }
 
 /// Turns an upstream's events into messages for the client.

@@ -11,7 +11,7 @@
 //! floor's p50 for small results and 1.38× for 100 KB ones, within the targets, so the simpler
 //! path stays until streaming large answers through unbuffered is needed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -19,9 +19,10 @@ use futures::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::value::RawValue;
 use sluice_conf::HttpTransport;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::answer::{MemberScanner, StreamedAnswer};
 use super::{
     Announcements, CallOptions, Event, MAX_MESSAGE_BYTES, Outcome, ServerRequest, UpstreamError,
     UpstreamMessage, cancelled_bytes, client_error, initialize_params, notification_bytes,
@@ -32,6 +33,11 @@ use crate::sse::SseReader;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const PROTOCOL_HEADER: &str = "mcp-protocol-version";
+/// JSON answers larger than this (or of unknown length) are passed on as they arrive, for the
+/// calls that allow it.
+const STREAM_FROM: usize = 32 * 1024;
+/// Pieces of a streamed answer in flight between the upstream and the client.
+const STREAM_CHUNKS: usize = 8;
 /// How long to wait before opening the upstream's GET stream again after it ended.
 const LISTEN_RETRY: Duration = Duration::from_secs(2);
 
@@ -114,6 +120,9 @@ impl HttpConnection {
             Outcome::Result(result) => result,
             Outcome::Error(error) => {
                 return Err(wire.protocol(format!("initialize was refused: {}", error.get())));
+            }
+            Outcome::Streamed(_) => {
+                return Err(wire.protocol("initialize came back in pieces".into()));
             }
         };
         let protocol_version = match Some(&result) {
@@ -330,6 +339,13 @@ impl Wire {
             return Err(self.http_error(response).await);
         }
         if !is_event_stream(&response) {
+            if options.stream_answer
+                && response
+                    .content_length()
+                    .is_none_or(|n| n > STREAM_FROM as u64)
+            {
+                return self.stream_answer(response).await;
+            }
             let body = read_bounded(response, MAX_MESSAGE_BYTES)
                 .await
                 .map_err(|detail| self.protocol(detail))?;
@@ -363,6 +379,84 @@ impl Wire {
             server: self.server.clone(),
             reason: "the event stream ended before the answer".into(),
         })
+    }
+
+    /// Pass a large JSON answer on as it arrives: wait for its `result` (or `error`) to begin,
+    /// then hand the rest to a task that forwards the value's bytes.
+    async fn stream_answer(&self, response: reqwest::Response) -> Result<Outcome, UpstreamError> {
+        let mut body = response.bytes_stream();
+        let mut scanner = MemberScanner::new();
+        let mut skipped = 0usize;
+        let (tx, rx) = mpsc::channel(STREAM_CHUNKS);
+        let is_error = Arc::new(AtomicBool::new(false));
+        let member = loop {
+            let chunk = match body.next().await {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => {
+                    return Err(
+                        self.protocol(format!("reading the answer failed: {}", error_chain(&e)))
+                    );
+                }
+                None => return Err(self.protocol("the answer has no `result` or `error`".into())),
+            };
+            let found = scanner.scan(&chunk);
+            if let Some(member) = found.starts {
+                if let Some(range) = found.range {
+                    let _ = tx.try_send(Ok(chunk.slice(range)));
+                }
+                break member;
+            }
+            skipped += chunk.len();
+            if skipped > MAX_MESSAGE_BYTES {
+                return Err(self.protocol(
+                    "the answer's `result` does not begin within the size limit".into(),
+                ));
+            }
+        };
+        if scanner.is_done() {
+            is_error.store(scanner.is_error(), Ordering::Relaxed);
+        } else {
+            let flag = is_error.clone();
+            tokio::spawn(async move {
+                let mut total = 0usize;
+                let cut = loop {
+                    let chunk = match body.next().await {
+                        Some(Ok(chunk)) => chunk,
+                        Some(Err(e)) => {
+                            break Some(format!(
+                                "the upstream's answer broke off: {}",
+                                error_chain(&e)
+                            ));
+                        }
+                        None => break Some("the upstream's answer ended early".to_string()),
+                    };
+                    total += chunk.len();
+                    if total > MAX_MESSAGE_BYTES {
+                        break Some(format!(
+                            "the upstream's answer is larger than {MAX_MESSAGE_BYTES} bytes"
+                        ));
+                    }
+                    let found = scanner.scan(&chunk);
+                    if let Some(range) = found.range
+                        && tx.send(Ok(chunk.slice(range))).await.is_err()
+                    {
+                        return;
+                    }
+                    if found.ends {
+                        break None;
+                    }
+                };
+                flag.store(scanner.is_error(), Ordering::Relaxed);
+                if let Some(cut) = cut {
+                    let _ = tx.send(Err(cut)).await;
+                }
+            });
+        }
+        Ok(Outcome::Streamed(StreamedAnswer {
+            member,
+            chunks: rx,
+            is_error,
+        }))
     }
 
     /// Route a request or notification from the upstream: announcements to the supervisor,

@@ -15,6 +15,7 @@
 //! dropping its future: the connection then tells the upstream with `notifications/cancelled`,
 //! so no work is left running for a caller that is gone.
 
+pub mod answer;
 pub mod http;
 mod mux;
 pub mod sse;
@@ -65,9 +66,14 @@ pub struct CallOptions {
     /// The `_meta.progressToken` the upstream will see, as JSON, so that transports without a
     /// stream per call (stdio, legacy SSE) can route progress to it.
     pub progress_token: Option<String>,
+    /// Whether a large JSON answer may come back as [`Outcome::Streamed`] (passed on as it
+    /// arrives) instead of being read whole.
+    pub stream_answer: bool,
     /// The downstream session the call is made for (the random part of its sealed id), for
     /// servers that keep one upstream session per client.
     pub session: Option<[u8; 16]>,
+    /// When that session expires (Unix seconds): its upstream session is closed then.
+    pub session_expires_at: Option<u64>,
 }
 
 impl CallOptions {
@@ -193,6 +199,7 @@ pub(crate) fn response_bytes(id: &str, outcome: &Outcome) -> Vec<u8> {
     let (member, value) = match outcome {
         Outcome::Result(r) => ("result", r.get()),
         Outcome::Error(e) => ("error", e.get()),
+        Outcome::Streamed(_) => ("error", "{\"code\":-32603,\"message\":\"no answer\"}"),
     };
     format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"{member}\":{value}}}").into_bytes()
 }
@@ -206,23 +213,36 @@ pub(crate) fn cancelled_bytes(id: u64, reason: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The client information Sluice presents to upstream servers.
+/// The client information Sluice presents to upstream servers. Sluice declares every
+/// client capability (sampling, elicitation in form and URL modes, roots): it relays those
+/// requests to the client that made the call, and answers for a client that did not declare
+/// them itself (an error, or no roots), so servers that offer tools only to capable clients
+/// offer them all.
 pub(crate) fn initialize_params() -> String {
+    let mut capabilities = rmcp::model::ClientCapabilities::default();
+    capabilities.sampling = Some(Default::default());
+    capabilities.roots = Some(rmcp::model::RootsCapabilities::default());
     let params = rmcp::model::InitializeRequestParams::new(
-        rmcp::model::ClientCapabilities::default(),
+        capabilities,
         rmcp::model::Implementation::new("sluice", env!("CARGO_PKG_VERSION")),
     )
     .with_protocol_version(crate::protocol::to_rmcp(crate::protocol::LATEST));
-    serde_json::to_string(&params).unwrap_or_default()
+    let mut value = serde_json::to_value(&params).unwrap_or_default();
+    // Form and URL elicitation (2025-11-25), written as JSON: rmcp's type may lag the spec.
+    value["capabilities"]["elicitation"] = serde_json::json!({ "form": {}, "url": {} });
+    value.to_string()
 }
 
 /// What an upstream answered to a request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Outcome {
     /// The `result` member, verbatim.
     Result(Box<RawValue>),
     /// The `error` member, verbatim.
     Error(Box<RawValue>),
+    /// A large answer whose `result` or `error` arrives in pieces (only for calls that asked
+    /// for it with [`CallOptions::stream_answer`]).
+    Streamed(answer::StreamedAnswer),
 }
 
 /// Why a call to an upstream produced no answer. Every message names the server.

@@ -79,7 +79,12 @@ pub struct Upstream {
 struct ClientSession {
     connection: Arc<OnceCell<Arc<Connection>>>,
     last_used: Instant,
+    /// When the downstream session expires (Unix seconds).
+    expires_at: Option<u64>,
 }
+
+/// How often `per_client` servers look for upstream sessions to close.
+const CLIENT_SWEEP: Duration = Duration::from_secs(2);
 
 impl Upstream {
     fn new(
@@ -151,7 +156,8 @@ impl Upstream {
     ) -> Result<Outcome, UpstreamError> {
         let connection = match options.session {
             Some(session) if self.config.session == SessionMode::PerClient => {
-                self.client_connection(session).await?
+                self.client_connection(session, options.session_expires_at)
+                    .await?
             }
             _ => self
                 .connection
@@ -178,7 +184,11 @@ impl Upstream {
 
     /// The upstream session of downstream `session` (`per_client` servers), opened on first
     /// use; concurrent first calls share one handshake.
-    async fn client_connection(&self, session: [u8; 16]) -> Result<Arc<Connection>, UpstreamError> {
+    async fn client_connection(
+        &self,
+        session: [u8; 16],
+        expires_at: Option<u64>,
+    ) -> Result<Arc<Connection>, UpstreamError> {
         let cell = {
             let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
             if !clients.contains_key(&session) {
@@ -189,6 +199,7 @@ impl Upstream {
             let entry = clients.entry(session).or_insert_with(|| ClientSession {
                 connection: Arc::default(),
                 last_used: Instant::now(),
+                expires_at,
             });
             entry.last_used = Instant::now();
             entry.connection.clone()
@@ -200,6 +211,22 @@ impl Upstream {
         })
         .await
         .cloned()
+    }
+
+    /// Close, every so often, the upstream sessions of downstream sessions that expired or sat
+    /// idle (a client that never says goodbye must not hold an upstream session for ever).
+    async fn sweep_client_sessions(&self) {
+        loop {
+            tokio::time::sleep(CLIENT_SWEEP).await;
+            let closed = {
+                let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+                evict_idle(&mut clients)
+            };
+            for connection in closed {
+                tracing::debug!(server = %self.name, "closing the upstream session of an ended client session");
+                connection.close().await;
+            }
+        }
     }
 
     /// The downstream session ended: close its upstream session, if it has one.
@@ -275,6 +302,7 @@ impl Upstream {
         match outcome {
             Outcome::Result(result) => Ok(result.clone()),
             Outcome::Error(e) => Err(self.protocol(format!("initialize was refused: {}", e.get()))),
+            Outcome::Streamed(_) => Err(self.protocol("initialize came back in pieces".into())),
         }
     }
 
@@ -327,6 +355,9 @@ impl Upstream {
                 }
                 Outcome::Error(e) => {
                     return Err(self.protocol(format!("{method} failed: {}", e.get())));
+                }
+                Outcome::Streamed(_) => {
+                    return Err(self.protocol(format!("{method} came back in pieces")));
                 }
             };
             let mut page: Value =
@@ -435,9 +466,14 @@ impl Upstream {
 /// Remove the client sessions idle too long, and the longest idle past the cap; returns their
 /// connections to close.
 fn evict_idle(clients: &mut HashMap<[u8; 16], ClientSession>) -> Vec<Arc<Connection>> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let mut evicted: Vec<[u8; 16]> = clients
         .iter()
-        .filter(|(_, c)| c.last_used.elapsed() > CLIENT_SESSION_IDLE)
+        .filter(|(_, c)| {
+            c.last_used.elapsed() > CLIENT_SESSION_IDLE || c.expires_at.is_some_and(|e| now > e)
+        })
         .map(|(k, _)| *k)
         .collect();
     if clients.len() - evicted.len() >= MAX_CLIENT_SESSIONS
@@ -546,6 +582,16 @@ impl Upstreams {
     }
 
     fn supervise(&self, server: &Arc<Upstream>) {
+        if server.config.session == SessionMode::PerClient {
+            let sweeper = server.clone();
+            let retired = server.retired.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = sweeper.sweep_client_sessions() => {}
+                    () = retired.cancelled() => {}
+                }
+            });
+        }
         let supervise = server.clone().supervise(self.catalog.clone());
         let retired = server.retired.clone();
         tokio::spawn(async move {
