@@ -292,20 +292,23 @@ impl CatalogStore {
             .map(|e| e.lists.clone())
             .unwrap_or_default();
         lists.tools = tools;
-        servers.insert(
-            Arc::from(server),
-            ServerEntry {
-                order,
-                prefix: prefix.to_string(),
-                lists,
-            },
-        );
-        self.publish(&servers);
+        self.insert(&mut servers, server, order, prefix, lists);
     }
 
     /// Replace everything `server` reported and publish the merged catalog.
     pub fn set_server(&self, server: &str, order: usize, prefix: &str, lists: ServerLists) {
         let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        self.insert(&mut servers, server, order, prefix, lists);
+    }
+
+    fn insert(
+        &self,
+        servers: &mut BTreeMap<Arc<str>, ServerEntry>,
+        server: &str,
+        order: usize,
+        prefix: &str,
+        lists: ServerLists,
+    ) {
         servers.insert(
             Arc::from(server),
             ServerEntry {
@@ -314,7 +317,7 @@ impl CatalogStore {
                 lists,
             },
         );
-        self.publish(&servers);
+        self.publish(servers);
     }
 
     /// Forget a server (removed from the configuration).

@@ -351,6 +351,16 @@ pub enum Connection {
 }
 
 impl Connection {
+    /// Send a notification on a connection that carries one stream of messages (stdio, SSE);
+    /// Streamable HTTP sends its own.
+    pub(crate) fn notify(&self, message: Vec<u8>) {
+        match self {
+            Connection::Stdio(c) => c.notify(message),
+            Connection::Sse(c) => c.notify(message),
+            Connection::Http(_) | Connection::Local(_) => {}
+        }
+    }
+
     /// End the upstream session, where the transport has one to end (HTTP `DELETE`).
     pub async fn close(&self) {
         if let Connection::Http(c) = self {

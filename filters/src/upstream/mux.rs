@@ -32,7 +32,7 @@ struct PendingCall {
 type Pending = Arc<Mutex<HashMap<u64, PendingCall>>>;
 
 /// The calling side: send requests, wait for answers.
-pub(crate) struct Mux {
+pub struct Mux {
     server: Arc<str>,
     timeout: Duration,
     outgoing: mpsc::Sender<Vec<u8>>,

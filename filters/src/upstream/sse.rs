@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use serde_json::value::RawValue;
 use sluice_conf::HttpTransport;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::http::{build_client, error_chain};
 use super::mux::{self, Inbound, Mux};
-use super::{Announcements, CallOptions, MAX_MESSAGE_BYTES, Outcome, UpstreamError};
+use super::{Announcements, MAX_MESSAGE_BYTES, UpstreamError};
 use crate::sse::SseReader;
 
 /// How long the server may take to name its message endpoint.
@@ -127,27 +126,6 @@ impl SseConnection {
             _tasks: stop.drop_guard(),
         })
     }
-
-    /// Resolves when the event stream has ended, with the reason.
-    pub async fn closed(&self) -> String {
-        self.mux.closed().await
-    }
-
-    /// Send a request and wait for its answer on the stream. Dropping the future cancels the
-    /// request at the server.
-    pub async fn request(
-        &self,
-        method: &str,
-        params: Option<&RawValue>,
-        options: &CallOptions,
-    ) -> Result<Outcome, UpstreamError> {
-        self.mux.request(method, params, options).await
-    }
-
-    /// Send a notification.
-    pub fn notify(&self, message: Vec<u8>) {
-        self.mux.notify(message)
-    }
 }
 
 /// Hand every `message` event to the connection; returns why the stream ended.
@@ -166,4 +144,13 @@ where
         }
     }
     "its event stream ended".to_string()
+}
+
+/// Calls go through the multiplexed connection.
+impl std::ops::Deref for SseConnection {
+    type Target = Mux;
+
+    fn deref(&self) -> &Mux {
+        &self.mux
+    }
 }

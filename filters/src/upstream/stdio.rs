@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::value::RawValue;
 use sluice_conf::StdioTransport;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -16,7 +15,7 @@ use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::mux::{self, Mux};
-use super::{Announcements, CallOptions, MAX_MESSAGE_BYTES, Outcome, UpstreamError};
+use super::{Announcements, MAX_MESSAGE_BYTES, UpstreamError};
 
 /// A running child process and the tasks that talk to it.
 pub struct StdioConnection {
@@ -129,27 +128,6 @@ impl StdioConnection {
     pub fn pid(&self) -> Option<u32> {
         self.pid
     }
-
-    /// Resolves when the process has ended, with the reason.
-    pub async fn closed(&self) -> String {
-        self.mux.closed().await
-    }
-
-    /// Send a request and wait for the answer (or the process's end, or the timeout).
-    /// Dropping the future cancels the request at the server.
-    pub async fn request(
-        &self,
-        method: &str,
-        params: Option<&RawValue>,
-        options: &CallOptions,
-    ) -> Result<Outcome, UpstreamError> {
-        self.mux.request(method, params, options).await
-    }
-
-    /// Send a notification; nothing comes back.
-    pub fn notify(&self, message: Vec<u8>) {
-        self.mux.notify(message)
-    }
 }
 
 async fn wait_or_kill(mut child: Child, kill: oneshot::Receiver<()>) -> String {
@@ -162,5 +140,14 @@ async fn wait_or_kill(mut child: Child, kill: oneshot::Receiver<()>) -> String {
             let _ = child.kill().await;
             "Sluice stopped the process".to_string()
         }
+    }
+}
+
+/// Calls go through the multiplexed connection.
+impl std::ops::Deref for StdioConnection {
+    type Target = Mux;
+
+    fn deref(&self) -> &Mux {
+        &self.mux
     }
 }

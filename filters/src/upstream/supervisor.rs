@@ -248,53 +248,34 @@ impl Upstream {
 
     /// Connect and run the MCP handshake.
     async fn connect(&self) -> Result<(Connection, Hello), UpstreamError> {
-        match self.config.transport() {
-            Transport::Stdio(stdio) => {
-                let conn = StdioConnection::spawn(
-                    self.name.clone(),
-                    stdio,
-                    self.config.request_timeout,
-                    self.announcements.clone(),
-                )?;
-                let params = RawValue::from_string(initialize_params())
-                    .map_err(|e| self.protocol(e.to_string()))?;
-                let result = self.handshake(
-                    &conn
-                        .request("initialize", Some(&params), &CallOptions::default())
-                        .await?,
-                )?;
-                conn.notify(notification_bytes("notifications/initialized"));
-                Ok((Connection::Stdio(conn), Hello::read(&result)))
-            }
-            Transport::Sse(sse) => {
-                let conn = SseConnection::connect(
-                    self.name.clone(),
-                    sse,
-                    self.config.request_timeout,
-                    self.announcements.clone(),
-                )
-                .await?;
-                let params = RawValue::from_string(initialize_params())
-                    .map_err(|e| self.protocol(e.to_string()))?;
-                let result = self.handshake(
-                    &conn
-                        .request("initialize", Some(&params), &CallOptions::default())
-                        .await?,
-                )?;
-                conn.notify(notification_bytes("notifications/initialized"));
-                Ok((Connection::Sse(conn), Hello::read(&result)))
-            }
+        let timeout = self.config.request_timeout;
+        let announcements = self.announcements.clone();
+        let connection = match self.config.transport() {
+            Transport::Stdio(stdio) => Connection::Stdio(StdioConnection::spawn(
+                self.name.clone(),
+                stdio,
+                timeout,
+                announcements,
+            )?),
+            Transport::Sse(sse) => Connection::Sse(
+                SseConnection::connect(self.name.clone(), sse, timeout, announcements).await?,
+            ),
+            // Streamable HTTP runs its own handshake: it must keep the session id it returns.
             Transport::Http(http) => {
-                let conn = HttpConnection::new(
-                    self.name.clone(),
-                    http,
-                    self.config.request_timeout,
-                    self.announcements.clone(),
-                )?;
+                let conn = HttpConnection::new(self.name.clone(), http, timeout, announcements)?;
                 let result = conn.initialize().await?;
-                Ok((Connection::Http(conn), Hello::read(&result)))
+                return Ok((Connection::Http(conn), Hello::read(&result)));
             }
-        }
+        };
+        let params =
+            RawValue::from_string(initialize_params()).map_err(|e| self.protocol(e.to_string()))?;
+        let result = self.handshake(
+            &connection
+                .request("initialize", Some(&params), &CallOptions::default())
+                .await?,
+        )?;
+        connection.notify(notification_bytes("notifications/initialized"));
+        Ok((connection, Hello::read(&result)))
     }
 
     /// The `initialize` result, or why the server refused.
