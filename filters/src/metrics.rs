@@ -37,6 +37,9 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Requests refused for want of a valid key.
     pub auth_failures: IntCounter,
+    /// `/mcp` requests by the protocol version they speak (negotiated in a session, or declared
+    /// by a stateless request).
+    pub mcp_requests: IntCounterVec,
     /// Notification streams (`GET /mcp`) open on this instance.
     pub notification_streams: IntGauge,
     /// Answers sent as an SSE stream because the upstream sent something before its answer.
@@ -103,9 +106,17 @@ impl Metrics {
         let auth_failures =
             IntCounter::new("sluice_auth_failures_total", "Requests refused with 401")
                 .expect("valid metric");
+        let mcp_requests = IntCounterVec::new(
+            Opts::new(
+                "sluice_mcp_requests_total",
+                "/mcp requests after initialize, by protocol version (negotiated in the session, or declared by a 2026-07-28 request)",
+            ),
+            &["protocol"],
+        )
+        .expect("valid metric");
         let notification_streams = IntGauge::new(
             "sluice_notification_streams",
-            "Notification streams (GET /mcp) open on this instance",
+            "Notification streams (GET /mcp, subscriptions/listen) open on this instance",
         )
         .expect("valid metric");
         let streamed_answers = IntCounter::new(
@@ -116,6 +127,7 @@ impl Metrics {
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(notification_streams.clone()),
+            Box::new(mcp_requests.clone()),
             Box::new(streamed_answers.clone()),
             Box::new(tool_calls.clone()),
             Box::new(overhead.clone()),
@@ -143,6 +155,7 @@ impl Metrics {
             auth_failures,
             notification_streams,
             streamed_answers,
+            mcp_requests,
         }
     }
 

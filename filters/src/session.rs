@@ -98,6 +98,23 @@ pub struct Session {
 }
 
 impl Session {
+    /// The stand-in for a session that a stateless (2026-07-28) request does not have: the
+    /// caller's key, what this request declared it can do, and a random tag for the tables
+    /// that track the request while it runs.
+    pub fn stateless(key_id: &str, capabilities: ClientCapabilities) -> Self {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::fill(&mut nonce[..]);
+        let created = now();
+        Session {
+            protocol_version: protocol::LATEST,
+            created,
+            key_fingerprint: fingerprint(key_id),
+            nonce,
+            capabilities,
+            expires_at: created.saturating_add(3600),
+        }
+    }
+
     /// Whether the session was opened by the caller holding the key `key_id`.
     pub fn belongs_to(&self, key_id: &str) -> bool {
         self.key_fingerprint == fingerprint(key_id)

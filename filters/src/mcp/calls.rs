@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use super::http::Response;
 use super::methods::Context;
+use super::modern;
 use super::relay::{self, Caller, Ending, Forward, Progress};
 use super::{Services, session_fingerprint};
 use crate::audit::{AuditRecord, now_rfc3339};
@@ -212,6 +213,7 @@ pub(super) async fn tools_call(
         meta.as_deref().or(params.meta),
     );
     let answer_id = id.to_owned();
+    let era = Era::of(context, "tools/call");
     relay::relay(
         caller(context, id),
         Forward {
@@ -219,10 +221,10 @@ pub(super) async fn tools_call(
             method: "tools/call",
             params: forwarded,
             progress,
-            stream_answer: true,
+            stream_answer: context.stateless.is_none(),
         },
         move |ending, elapsed| {
-            let (body, work) = tool_answer(&answer_id, ending, elapsed, work);
+            let (body, work) = tool_answer(&answer_id, ending, elapsed, work, era);
             ledger.record(work);
             body
         },
@@ -236,6 +238,7 @@ fn tool_answer(
     ending: Ending,
     elapsed: Duration,
     mut work: Work,
+    era: Era,
 ) -> (Vec<u8>, Work) {
     work.upstream_time = Some(elapsed);
     match ending {
@@ -245,7 +248,13 @@ fn tool_answer(
             } else {
                 "ok"
             };
-            (jsonrpc::result_bytes(id, result.get()), work)
+            let body = match era {
+                Era::Session => jsonrpc::result_bytes(id, result.get()),
+                Era::Stateless { cacheable } => {
+                    jsonrpc::result_bytes(id, &modern::complete(result.get(), cacheable))
+                }
+            };
+            (body, work)
         }
         Ending::Answered(Ok(Outcome::Error(error))) => {
             work.error = Some(error.get().chars().take(500).collect());
@@ -294,9 +303,38 @@ fn tool_answer(
     }
 }
 
+/// How an answer is written for the caller's protocol era.
+#[derive(Debug, Clone, Copy)]
+enum Era {
+    Session,
+    /// 2026-07-28: results say their type, and reads say how long they may be cached.
+    Stateless {
+        cacheable: bool,
+    },
+}
+
+impl Era {
+    fn of(context: &Context<'_>, method: &str) -> Self {
+        match context.stateless {
+            None => Era::Session,
+            Some(_) => Era::Stateless {
+                cacheable: method == "resources/read",
+            },
+        }
+    }
+}
+
+/// Whether the caller may read the resource clients call `uri`.
+pub(super) fn may_read(context: &Context<'_>, uri: &str) -> bool {
+    resolve_uri(context, uri).is_ok()
+}
+
 /// Who a relayed request is for.
 fn caller<'a>(context: &'a Context<'_>, id: &'a RawValue) -> Caller<'a> {
     Caller {
+        stateless: context.stateless.map(|d| relay::Stateless {
+            relay_logs: d.log_level.is_some(),
+        }),
         live: &context.endpoint.live,
         streamed: &context.endpoint.services.metrics.streamed_answers,
         session: context.session.nonce,
@@ -372,6 +410,7 @@ async fn forward_plain(
         );
     };
     let answer_id = id.to_owned();
+    let era = Era::of(context, method);
     relay::relay(
         caller(context, id),
         Forward {
@@ -379,7 +418,7 @@ async fn forward_plain(
             method,
             params: forwarded,
             progress,
-            stream_answer: map_result.is_none(),
+            stream_answer: map_result.is_none() && context.stateless.is_none(),
         },
         move |ending, elapsed| {
             let ending = match (ending, &map_result) {
@@ -388,7 +427,7 @@ async fn forward_plain(
                 }
                 (ending, _) => ending,
             };
-            let (body, work) = tool_answer(&answer_id, ending, elapsed, work);
+            let (body, work) = tool_answer(&answer_id, ending, elapsed, work, era);
             ledger.record(work);
             body
         },

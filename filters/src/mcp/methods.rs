@@ -19,6 +19,8 @@ use serde_json::value::RawValue;
 
 use super::http::Response;
 use super::list_cache::PageKey;
+use super::modern::{self, Declared, META_SERVER_INFO, META_SUBSCRIPTION};
+use super::stream::{self, Subscriber, Uris};
 use super::{McpEndpoint, Policy, calls, session_header};
 use crate::auth::KeyEntry;
 use crate::catalog::{Catalog, Kind};
@@ -37,6 +39,8 @@ pub(super) struct Context<'a> {
     /// The session id as the client sent it (for the audit log's session fingerprint).
     pub session_id: &'a HeaderValue,
     pub started: Instant,
+    /// What a stateless-era (2026-07-28) request declared; `None` in a session.
+    pub stateless: Option<&'a Declared>,
 }
 
 impl Context<'_> {
@@ -86,10 +90,7 @@ pub(super) fn initialize(
     let catalog = endpoint.upstreams().catalog().load();
     let result = InitializeResult::new(server_capabilities())
         .with_protocol_version(protocol::to_rmcp(version))
-        .with_server_info(
-            Implementation::new("sluice", env!("CARGO_PKG_VERSION"))
-                .with_title("Sluice MCP gateway"),
-        )
+        .with_server_info(server_info())
         .with_instructions(instructions(&catalog));
     let result = serde_json::to_string(&result).unwrap_or_default();
     let token = endpoint.sessions.issue(version, &caller.name, capabilities);
@@ -98,6 +99,103 @@ pub(super) fn initialize(
         response = response.with_header(session_header(), value);
     }
     response
+}
+
+/// `server/discover` (2026-07-28): the versions, capabilities and instructions `initialize`
+/// gives in a session, for a stateless client.
+pub(super) fn discover(endpoint: &McpEndpoint, id: &RawValue) -> Response {
+    let catalog = endpoint.upstreams().catalog().load();
+    let mut versions: Vec<&str> = modern::VERSIONS.to_vec();
+    versions.extend(protocol::SUPPORTED);
+    let result = serde_json::json!({
+        "resultType": "complete",
+        "supportedVersions": versions,
+        "capabilities": server_capabilities(),
+        "instructions": instructions(&catalog),
+        "ttlMs": 0,
+        "cacheScope": "private",
+        "_meta": { META_SERVER_INFO: server_info() },
+    });
+    Response::json(
+        StatusCode::OK,
+        jsonrpc::result_bytes(id, &result.to_string()),
+    )
+}
+
+fn server_info() -> Implementation {
+    Implementation::new("sluice", env!("CARGO_PKG_VERSION")).with_title("Sluice MCP gateway")
+}
+
+/// `subscriptions/listen` (2026-07-28): a stream of the notifications asked for, acknowledged
+/// first with what Sluice will send (resources the key may not read are left out).
+pub(super) fn listen(context: &Context<'_>, id: &RawValue, params: Option<&RawValue>) -> Response {
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    struct Wanted {
+        tools_list_changed: bool,
+        prompts_list_changed: bool,
+        resources_list_changed: bool,
+        resource_subscriptions: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    struct Params {
+        notifications: Wanted,
+    }
+    let Some(Ok(params)) = params.map(|p| serde_json::from_str::<Params>(p.get())) else {
+        return Response::json(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::error_bytes(
+                Some(id),
+                code::INVALID_PARAMS,
+                "subscriptions/listen needs params with `notifications` (toolsListChanged, promptsListChanged, resourcesListChanged, resourceSubscriptions)",
+                None,
+            ),
+        );
+    };
+    let wanted = params.notifications;
+    let uris: std::collections::HashSet<String> = wanted
+        .resource_subscriptions
+        .into_iter()
+        .filter(|uri| calls::may_read(context, uri))
+        .take(crate::mcp::live::MAX_SUBSCRIPTIONS_PER_SESSION)
+        .collect();
+    let mut honored = serde_json::Map::new();
+    for (name, on) in [
+        ("toolsListChanged", wanted.tools_list_changed),
+        ("promptsListChanged", wanted.prompts_list_changed),
+        ("resourcesListChanged", wanted.resources_list_changed),
+    ] {
+        if on {
+            honored.insert(name.into(), true.into());
+        }
+    }
+    if !uris.is_empty() {
+        honored.insert(
+            "resourceSubscriptions".into(),
+            uris.iter().cloned().collect::<Vec<_>>().into(),
+        );
+    }
+    let tag: serde_json::Value = serde_json::from_str(id.get()).unwrap_or_default();
+    let ack = serde_json::json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/subscriptions/acknowledged",
+        "params": { "_meta": { META_SUBSCRIPTION: tag }, "notifications": honored },
+    });
+    let subscriber = Subscriber {
+        lists: [
+            wanted.tools_list_changed,
+            wanted.resources_list_changed,
+            wanted.prompts_list_changed,
+        ],
+        uris: Uris::Listed(uris),
+        tag: Some(id.get().to_string()),
+    };
+    stream::open(
+        context.endpoint,
+        context.caller.clone(),
+        subscriber,
+        Some(crate::sse::message_event(ack.to_string().as_bytes())),
+    )
 }
 
 /// What Sluice serves, whatever the upstreams behind it: lists change as upstreams come and go.
@@ -218,7 +316,7 @@ fn list_page(
         .as_ref()
         .and_then(|k| context.endpoint.list_cache.get(k))
     {
-        return jsonrpc::result_bytes(id, &page);
+        return answer_page(context, id, &page);
     }
     let allowed = context.caller.grants.allowed(&catalog);
     let items = catalog.list(kind).items();
@@ -249,11 +347,20 @@ fn list_page(
         page.push('"');
     }
     page.push('}');
-    let body = jsonrpc::result_bytes(id, &page);
+    let body = answer_page(context, id, &page);
     if let Some(key) = cache_key {
         context.endpoint.list_cache.put(key, Arc::from(page));
     }
     body
+}
+
+/// A list page as the caller's era reads it (a stateless client also gets the result type
+/// and the caching hints).
+fn answer_page(context: &Context<'_>, id: &RawValue, page: &str) -> Vec<u8> {
+    match context.stateless {
+        None => jsonrpc::result_bytes(id, page),
+        Some(_) => jsonrpc::result_bytes(id, &modern::complete(page, true)),
+    }
 }
 
 fn encode_cursor(offset: usize) -> String {

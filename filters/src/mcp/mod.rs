@@ -19,6 +19,7 @@ pub mod http;
 mod list_cache;
 pub mod live;
 mod methods;
+pub mod modern;
 mod relay;
 mod stream;
 pub mod transport;
@@ -198,24 +199,45 @@ impl McpEndpoint {
             .with_header(RETRY_AFTER, HeaderValue::from(seconds)));
         }
 
+        if method != Method::POST && transport::speaks_stateless_era(request.headers) {
+            return Err(Response::refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                None,
+                code::INVALID_REQUEST,
+                "MCP 2026-07-28 has no sessions: POST each request (and `subscriptions/listen` for notifications)",
+            )
+            .with_header(::http::header::ALLOW, HeaderValue::from_static("POST")));
+        }
         if method == Method::DELETE {
             return Ok(self.delete_session(request.headers));
         }
         if method == Method::GET {
             transport::check_get_headers(request.headers)?;
             let (_, session) = self.require_session(request.headers, &caller, None)?;
-            return Ok(stream::open(self, caller, session.nonce));
+            return Ok(stream::open(
+                self,
+                caller,
+                stream::Subscriber::session(session.nonce),
+                None,
+            ));
         }
         transport::check_post_headers(request.headers)?;
         if request.body.len() > policy.max_body_bytes {
             return Err(transport::too_large(policy.max_body_bytes));
         }
-        transport::check_protocol_version(request.headers)?;
 
         // 4. JSON-RPC
         let message = jsonrpc::parse(request.body).map_err(|e| {
             Response::refuse(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string())
         })?;
+
+        // The protocol era is decided here, once; below it, one set of methods.
+        if modern::is_modern(request.headers, &message) {
+            return self
+                .serve_stateless(request.headers, &policy, caller, &message, started)
+                .await;
+        }
+        transport::check_protocol_version(request.headers)?;
 
         // 5. session
         if message.method == Some("initialize") {
@@ -223,6 +245,11 @@ impl McpEndpoint {
             return Ok(methods::initialize(self, &caller, &message));
         }
         let (session_id, session) = self.require_session(request.headers, &caller, message.id)?;
+        self.services
+            .metrics
+            .mcp_requests
+            .with_label_values(&[session.protocol_version])
+            .inc();
 
         // 6. answers and notifications from the client
         if message.method.is_none() {
@@ -249,8 +276,59 @@ impl McpEndpoint {
             session: &session,
             session_id,
             started,
+            stateless: None,
         };
         Ok(methods::dispatch(&context, &message).await)
+    }
+
+    /// A request of the stateless era (2026-07-28): checked by that era's rules, served by the
+    /// same methods, with no session (the key is the caller's identity, as before).
+    async fn serve_stateless(
+        &self,
+        headers: &HeaderMap,
+        policy: &Arc<Policy>,
+        caller: Arc<KeyEntry>,
+        message: &jsonrpc::Message<'_>,
+        started: Instant,
+    ) -> Result<Response, Response> {
+        let declared = modern::check(headers, message)?;
+        self.services
+            .metrics
+            .mcp_requests
+            .with_label_values(&[&declared.version])
+            .inc();
+        let (Some(id), true) = (message.id, message.is_request()) else {
+            // The stateless era's client sends no notifications over HTTP (it cancels by
+            // closing the stream); nothing to do.
+            return Ok(Response::empty(StatusCode::ACCEPTED));
+        };
+        let session = Session::stateless(
+            &caller.name,
+            crate::session::ClientCapabilities::from_json(&declared.capabilities),
+        );
+        let context = methods::Context {
+            endpoint: self,
+            policy,
+            caller: &caller,
+            narrowing: None,
+            session: &session,
+            session_id: &HeaderValue::from_static("stateless"),
+            started,
+            stateless: Some(&declared),
+        };
+        match message.method.unwrap_or_default() {
+            "server/discover" => Ok(methods::discover(self, id)),
+            "subscriptions/listen" => Ok(methods::listen(&context, id, message.params)),
+            "tools/list"
+            | "tools/call"
+            | "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
+            | "prompts/list"
+            | "prompts/get"
+            | "completion/complete" => Ok(methods::dispatch(&context, message).await),
+            method => Err(modern::not_found(Some(id), method)),
+        }
     }
 
     /// The caller's session from the `Mcp-Session-Id` header, or the refusal to answer.

@@ -32,7 +32,16 @@ use crate::upstream::{
 const STREAM_QUEUE: usize = 16;
 
 /// Who the relayed request is for.
+/// What a stateless-era (2026-07-28) caller changes in the relay.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stateless {
+    /// The request set `io.modelcontextprotocol/logLevel`: log messages may be relayed.
+    pub relay_logs: bool,
+}
+
 pub(super) struct Caller<'a> {
+    /// `None` in a session.
+    pub stateless: Option<Stateless>,
     pub live: &'a Arc<Live>,
     pub streamed: &'a prometheus::IntCounter,
     pub session: SessionTag,
@@ -127,6 +136,7 @@ where
     let mut call = Box::pin(async move { upstream.call(method, Some(&params), &options).await });
     let tracked = caller.live.track_call(caller.session, caller.request_id);
     let mut translator = Translator {
+        stateless: caller.stateless,
         live: caller.live.clone(),
         session: caller.session,
         capabilities: caller.capabilities,
@@ -293,6 +303,7 @@ async fn collect(server: &Arc<str>, mut answer: StreamedAnswer) -> Result<Outcom
 
 /// Turns an upstream's events into messages for the client.
 struct Translator {
+    stateless: Option<Stateless>,
     live: Arc<Live>,
     session: SessionTag,
     capabilities: ClientCapabilities,
@@ -313,9 +324,16 @@ impl Translator {
 
     fn translate(&mut self, event: Event) -> Option<Bytes> {
         match event {
-            Event::Notification(message) => Some(sse::message_event(
-                self.restore_progress(message).get().as_bytes(),
-            )),
+            Event::Notification(message) => {
+                let is_log = message.get().contains("\"notifications/message\"");
+                if is_log && self.stateless.is_some_and(|s| !s.relay_logs) {
+                    // A stateless client gets log messages only when it asked for them.
+                    return None;
+                }
+                Some(sse::message_event(
+                    self.restore_progress(message).get().as_bytes(),
+                ))
+            }
             Event::Request(request) => self.relay_request(request),
         }
     }
@@ -343,6 +361,18 @@ impl Translator {
     /// A request from the upstream to the client: refused here if the client cannot answer
     /// it, otherwise sent with an id of Sluice's, the answer routed back by [`Live`].
     fn relay_request(&mut self, request: ServerRequest) -> Option<Bytes> {
+        if self.stateless.is_some() {
+            // A stateless client takes no requests on a stream (2026-07-28 asks for input with
+            // an InputRequiredResult instead, which Sluice does not build yet).
+            let _ = request.reply.send(client_error(
+                code::METHOD_NOT_FOUND,
+                &format!(
+                    "the client speaks MCP 2026-07-28, which takes no `{}` request during a call",
+                    request.method
+                ),
+            ));
+            return None;
+        }
         let params: Option<serde_json::Value> = request
             .params
             .as_deref()

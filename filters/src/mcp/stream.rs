@@ -1,10 +1,13 @@
-//! A session's notification stream (`GET /mcp`): `notifications/*/list_changed` when what the
-//! caller may see changes (an upstream re-synced, a server added or removed, the key's grants
-//! reloaded), and `notifications/resources/updated` for the resources it subscribed to.
+//! Notification streams: a session's `GET /mcp` (session era) and `subscriptions/listen`
+//! (stateless era). Both carry `notifications/*/list_changed` when what the caller may see
+//! changes (an upstream re-synced, a server added or removed, the key's grants reloaded), and
+//! `notifications/resources/updated` for the resources it subscribed to; a `listen` stream
+//! carries only what it asked for, each message tagged with its subscription id.
 //!
 //! The stream is bounded: a client that stops reading while notifications pile up is dropped
 //! (it reconnects and lists again), never buffered without end.
 
+use std::collections::HashSet;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -14,7 +17,8 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
 
 use super::http::Response;
-use super::live::SessionTag;
+use super::live::{Live, SessionTag};
+use super::modern::META_SUBSCRIPTION;
 use super::{McpEndpoint, Policy};
 use crate::auth::KeyEntry;
 use crate::catalog::{Catalog, Kind};
@@ -52,14 +56,82 @@ impl Visible {
     }
 }
 
-const LIST_CHANGED: [&[u8]; 3] = [
-    br#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#,
-    br#"{"jsonrpc":"2.0","method":"notifications/resources/list_changed"}"#,
-    br#"{"jsonrpc":"2.0","method":"notifications/prompts/list_changed"}"#,
-];
+const LISTS: [&str; 3] = ["tools", "resources", "prompts"];
 
-/// Open the stream of `session`, opened by `caller`.
-pub(super) fn open(endpoint: &McpEndpoint, caller: Arc<KeyEntry>, session: SessionTag) -> Response {
+/// Who listens, and to what.
+pub(super) struct Subscriber {
+    /// Which `list_changed` to send: tools, resources, prompts.
+    pub lists: [bool; 3],
+    pub uris: Uris,
+    /// The `subscriptions/listen` request id (raw JSON) that tags every message.
+    pub tag: Option<String>,
+}
+
+/// Where the subscribed resource URIs are kept.
+pub(super) enum Uris {
+    /// A session's `resources/subscribe` calls.
+    Session(SessionTag),
+    /// Listed in the `subscriptions/listen` request.
+    Listed(HashSet<String>),
+}
+
+impl Subscriber {
+    /// A session's GET stream: every list, its session's subscriptions.
+    pub fn session(session: SessionTag) -> Self {
+        Subscriber {
+            lists: [true; 3],
+            uris: Uris::Session(session),
+            tag: None,
+        }
+    }
+
+    fn meta(&self) -> String {
+        match &self.tag {
+            Some(tag) => format!("\"_meta\":{{\"{META_SUBSCRIPTION}\":{tag}}}"),
+            None => String::new(),
+        }
+    }
+
+    fn list_changed(&self, list: usize) -> Bytes {
+        let params = match &self.tag {
+            Some(_) => format!(",\"params\":{{{}}}", self.meta()),
+            None => String::new(),
+        };
+        sse::message_event(
+            format!(
+                "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/{}/list_changed\"{params}}}",
+                LISTS[list]
+            )
+            .as_bytes(),
+        )
+    }
+
+    fn updated(&self, uri: &str) -> Bytes {
+        let meta = self.meta();
+        let sep = if meta.is_empty() { "" } else { "," };
+        let uri = serde_json::Value::from(uri);
+        sse::message_event(
+            format!("{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{{{meta}{sep}\"uri\":{uri}}}}}")
+                .as_bytes(),
+        )
+    }
+
+    fn wants(&self, live: &Live, uri: &str) -> bool {
+        match &self.uris {
+            Uris::Session(session) => live.is_subscribed(*session, uri),
+            Uris::Listed(uris) => uris.contains(uri),
+        }
+    }
+}
+
+/// Open a notification stream for `caller`; `first` is written before anything else (the
+/// acknowledgement of a `subscriptions/listen`).
+pub(super) fn open(
+    endpoint: &McpEndpoint,
+    caller: Arc<KeyEntry>,
+    subscriber: Subscriber,
+    first: Option<Bytes>,
+) -> Response {
     let (out, stream) = mpsc::channel::<Bytes>(QUEUE);
     let catalogs = endpoint.upstreams().catalog().clone();
     let mut catalog_changes = catalogs.subscribe();
@@ -70,7 +142,7 @@ pub(super) fn open(endpoint: &McpEndpoint, caller: Arc<KeyEntry>, session: Sessi
     let mut caller = caller;
     let mut seen = Visible::of(&caller, &catalogs.load());
     // An empty first event tells the client the stream is open.
-    let _ = out.try_send(sse::keep_alive());
+    let _ = out.try_send(first.unwrap_or_else(sse::keep_alive));
     let open = endpoint.services.metrics.notification_streams.clone();
     tokio::spawn(async move {
         open.inc();
@@ -82,7 +154,7 @@ pub(super) fn open(endpoint: &McpEndpoint, caller: Arc<KeyEntry>, session: Sessi
                 () = out.closed() => return,
                 changed = catalog_changes.changed() => {
                     if changed.is_err() { return; }
-                    notify_changes(&out, &caller, &catalogs.load(), &mut seen)
+                    notify_changes(&out, &subscriber, &caller, &catalogs.load(), &mut seen)
                 }
                 changed = policy_changes.changed() => {
                     if changed.is_err() { return; }
@@ -90,18 +162,13 @@ pub(super) fn open(endpoint: &McpEndpoint, caller: Arc<KeyEntry>, session: Sessi
                     // A key removed or disabled by the reload ends its streams.
                     let Some(now) = policy.keys.by_name(&caller.name) else { return };
                     caller = now;
-                    notify_changes(&out, &caller, &catalogs.load(), &mut seen)
+                    notify_changes(&out, &subscriber, &caller, &catalogs.load(), &mut seen)
                 }
                 update = updates.recv() => match update {
                     Ok(update) => {
                         let uri = catalogs.load().exposed_uri(&update.server, &update.uri);
-                        if live.is_subscribed(session, &uri) {
-                            let message = serde_json::json!({
-                                "jsonrpc": "2.0",
-                                "method": "notifications/resources/updated",
-                                "params": { "uri": uri },
-                            });
-                            out.try_send(sse::message_event(message.to_string().as_bytes())).is_ok()
+                        if subscriber.wants(&live, &uri) {
+                            out.try_send(subscriber.updated(&uri)).is_ok()
                         } else {
                             true
                         }
@@ -137,13 +204,17 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
 /// keeping up.
 fn notify_changes(
     out: &mpsc::Sender<Bytes>,
+    subscriber: &Subscriber,
     caller: &KeyEntry,
     catalog: &Catalog,
     seen: &mut Visible,
 ) -> bool {
     let now = Visible::of(caller, catalog);
-    for (i, message) in LIST_CHANGED.iter().enumerate() {
-        if now.0[i] != seen.0[i] && out.try_send(sse::message_event(message)).is_err() {
+    for list in 0..LISTS.len() {
+        if subscriber.lists[list]
+            && now.0[list] != seen.0[list]
+            && out.try_send(subscriber.list_changed(list)).is_err()
+        {
             return false;
         }
     }

@@ -131,6 +131,14 @@ pub fn check_get_headers(headers: &HeaderMap) -> Result<(), Response> {
     ))
 }
 
+/// Whether the `MCP-Protocol-Version` header names a version of the stateless era.
+pub fn speaks_stateless_era(headers: &HeaderMap) -> bool {
+    headers
+        .get(PROTOCOL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| super::modern::VERSIONS.contains(&v.trim()))
+}
+
 /// The `MCP-Protocol-Version` header, when present, must name a version Sluice speaks.
 pub fn check_protocol_version(headers: &HeaderMap) -> Result<(), Response> {
     let Some(value) = headers.get(PROTOCOL_HEADER) else {
