@@ -158,12 +158,30 @@ def parse(run: SuiteRun) -> SuiteRun:
     return run
 
 
-def run_suite(url: str, out_dir: Path, suite: str = "active", timeout: float = SUITE_TIMEOUT) -> SuiteRun:
-    """Run `conformance server --url URL --suite SUITE` with results under `out_dir`."""
+def run_suite(url: str, out_dir: Path, suite: str = "active", timeout: float = SUITE_TIMEOUT,
+              requirements: str | None = None) -> SuiteRun:
+    """Run `conformance server --url URL --suite SUITE` with results under `out_dir`; with
+    `requirements` (e.g. "2026-07-28"), `--requirements REVISION` instead of `--suite` (the
+    scenarios that revision requires, run at its wire version; the suite refuses both at once)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    argv = [node22(), str(require(CONFORMANCE_JS)), "server", "--url", url, "--suite", suite,
+    selection = ["--requirements", requirements] if requirements else ["--suite", suite]
+    argv = [node22(), str(require(CONFORMANCE_JS)), "server", "--url", url, *selection,
             "--timeout", str(SCENARIO_TIMEOUT_MS), "-o", str(out_dir)]
     done = run_in_group(argv, timeout, f"the conformance suite against {url}", cwd=out_dir)
     (out_dir / "stdout.txt").write_text(done.stdout)
     (out_dir / "stderr.txt").write_text(done.stderr)
     return parse(SuiteRun(url, out_dir, done.returncode, done.stdout, done.stderr))
+
+
+# --------------------------------------------------------------------------- requirement sets
+
+REQUIREMENTS_DIR = NODE_MODULES / "@modelcontextprotocol" / "conformance" / "requirements"
+
+
+def scored_server_scenarios(revision: str) -> list[str]:
+    """The server scenarios that conformance to `revision` requires (its frozen requirements
+    file, `server:` list). Scenarios the suite runs beyond these are `not_scored`."""
+    import yaml
+
+    doc = yaml.safe_load((require(REQUIREMENTS_DIR / f"{revision}.yaml")).read_text())
+    return list(doc.get("server") or [])
