@@ -903,3 +903,152 @@ class LiveSse(ListeningProc):
         env = {RECORD_ENV: str(record_file)} if record_file is not None else None
         super().__init__(name, [str(PYTHON), str(LIVE_SERVER), "sse", str(port)], tmp / f"{name}.log", port, env=env)
         self.url = f"http://127.0.0.1:{self.port}/sse"
+
+
+# --------------------------------------------------------------------------- MCP 2026-07-28 (issue 15)
+
+NEW_ERA = "2026-07-28"
+META_PROTOCOL = "io.modelcontextprotocol/protocolVersion"
+META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
+META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+META_SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"
+#: What a new-era test client declares unless told otherwise: it can answer every input request.
+NEW_ERA_CAPABILITIES = {"sampling": {}, "elicitation": {"form": {}}, "roots": {}}
+
+
+def mcp_name_of(method: str, params: dict | None) -> str | None:
+    """The `Mcp-Name` header value the 2026-07-28 transport wants for `method`, if any."""
+    params = params or {}
+    if method in ("tools/call", "prompts/get"):
+        return params.get("name")
+    if method == "resources/read":
+        return params.get("uri")
+    return None
+
+
+class StatelessMcp:
+    """A raw MCP 2026-07-28 client over httpx: no initialize, no session; every request carries
+    the protocol version and client capabilities in `params._meta` and the era's headers
+    (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`)."""
+
+    def __init__(self, url: str, key: str | None = None, capabilities: dict | None = None,
+                 http: httpx.Client | None = None, verify: Any = True):
+        self.url = url
+        self.key = key
+        self.capabilities = NEW_ERA_CAPABILITIES if capabilities is None else capabilities
+        self.verify = verify
+        self.http = http or httpx.Client(timeout=httpx.Timeout(60, read=120), verify=verify)
+        self._ids = itertools.count(1)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def meta(self, **extra: Any) -> dict:
+        return {
+            META_PROTOCOL: NEW_ERA,
+            META_CAPABILITIES: self.capabilities,
+            META_CLIENT_INFO: {"name": "sluice-e2e-stateless", "version": "0"},
+            **extra,
+        }
+
+    def body(self, method: str, params: dict | None = None, meta: dict | None = None) -> dict:
+        """A request with the era's `_meta` merged into `params` (`meta` adds or overrides keys)."""
+        full = dict(params or {})
+        full["_meta"] = {**self.meta(), **(full.get("_meta") or {}), **(meta or {})}
+        return {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": full}
+
+    def headers(self, method: str, params: dict | None = None, **extra: str) -> dict[str, str]:
+        headers = {"Accept": ACCEPT, "Content-Type": "application/json",
+                   "MCP-Protocol-Version": NEW_ERA, "Mcp-Method": method}
+        name = mcp_name_of(method, params)
+        if name is not None:
+            headers["Mcp-Name"] = name
+        if self.key is not None:
+            headers["Authorization"] = f"Bearer {self.key}"
+        headers.update(extra)
+        return headers
+
+    def post(self, body: Any, headers: dict[str, str]) -> httpx.Response:
+        content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        return self.http.post(self.url, content=content, headers=headers)
+
+    def request(self, method: str, params: dict | None = None, *, meta: dict | None = None,
+                headers: dict[str, str] | None = None) -> tuple[httpx.Response, dict]:
+        """One well-formed new-era request; the HTTP response and its JSON-RPC message."""
+        body = self.body(method, params, meta)
+        response = self.post(body, {**self.headers(method, params), **(headers or {})})
+        return response, rpc_message(response)
+
+    def call_tool(self, name: str, arguments: dict | None = None, **params: Any) -> tuple[httpx.Response, dict]:
+        """tools/call with `params` (inputResponses, requestState, _meta, ...) beside name/arguments."""
+        return self.request("tools/call", {"name": name, "arguments": arguments or {}, **params})
+
+    def result(self, method: str, params: dict | None = None, **kwargs: Any) -> dict:
+        """The `result` of a request that must succeed (HTTP 200)."""
+        response, message = self.request(method, params, **kwargs)
+        assert response.status_code == 200 and "result" in message, (
+            f"{method}: HTTP {response.status_code} {message}"
+        )
+        return message["result"]
+
+
+class ListenStream:
+    """A `subscriptions/listen` request (MCP 2026-07-28) read in a background thread: every
+    JSON-RPC message of its SSE answer lands in `self.messages`."""
+
+    def __init__(self, client: StatelessMcp, notifications: dict | None = None, open_timeout: float = 15):
+        self.messages: list[dict] = []
+        self.error: BaseException | None = None
+        self.status: int | None = None
+        self.content_type: str | None = None
+        self._opened = threading.Event()
+        self._http = httpx.Client(timeout=httpx.Timeout(10, read=None), verify=client.verify)
+        params = {"notifications": notifications or {"toolsListChanged": True, "promptsListChanged": True,
+                                                     "resourcesListChanged": True}}
+        self._body = client.body("subscriptions/listen", params)
+        self._headers = client.headers("subscriptions/listen", params)
+        self._url = client.url
+        self._thread = threading.Thread(target=self._run, name="listen-stream", daemon=True)
+        self._thread.start()
+        assert self._opened.wait(open_timeout), f"subscriptions/listen did not answer within {open_timeout}s"
+        assert self.error is None, f"subscriptions/listen failed: {self.error!r}"
+
+    def _run(self) -> None:
+        try:
+            with self._http.stream("POST", self._url, content=json.dumps(self._body), headers=self._headers) as response:
+                self.status = response.status_code
+                self.content_type = response.headers.get("content-type")
+                self._opened.set()
+                if response.status_code != 200 or not (self.content_type or "").startswith("text/event-stream"):
+                    response.read()
+                    self.messages.append({"_body": response.text})
+                    return
+                for message in sse_events(response.iter_lines()):
+                    self.messages.append(message)
+        except BaseException as e:
+            self.error = e
+        finally:
+            self._opened.set()
+
+    def methods(self) -> list[str]:
+        return [m.get("method", "") for m in self.messages]
+
+    def wait_for(self, method: str, timeout: float, after: int = 0) -> dict:
+        """The first message with `method` at index >= `after`, waiting up to `timeout` s."""
+
+        def found():
+            for m in self.messages[after:]:
+                if m.get("method") == method:
+                    return m
+            if not self._thread.is_alive():
+                raise AssertionError(
+                    f"the listen stream ended (HTTP {self.status}, {self.error!r}) before {method}; got {self.messages}"
+                )
+            return None
+
+        return wait_until(found, timeout, f"{method} on the listen stream (got {self.methods()})")
+
+    def close(self) -> None:
+        self._http.close()
+        self._thread.join(1)
