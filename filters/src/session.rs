@@ -223,6 +223,30 @@ impl Sessions {
         Ok(session)
     }
 
+    /// Seal `body` for `purpose` (a byte that keeps one kind of token from passing for
+    /// another): any instance with the same secret can open it, nobody can change it.
+    pub fn seal(&self, purpose: u8, body: &[u8]) -> String {
+        let mut token = Vec::with_capacity(1 + body.len() + MAC_LEN);
+        token.push(purpose);
+        token.extend_from_slice(body);
+        let mac = self.mac(&token);
+        token.extend_from_slice(&mac);
+        URL_SAFE_NO_PAD.encode(token)
+    }
+
+    /// The body of a token sealed for `purpose`, if it is genuine.
+    pub fn unseal(&self, purpose: u8, token: &str) -> Option<Vec<u8>> {
+        let bytes = URL_SAFE_NO_PAD.decode(token.as_bytes()).ok()?;
+        if bytes.len() < 1 + MAC_LEN || bytes[0] != purpose {
+            return None;
+        }
+        let (signed, tag) = bytes.split_at(bytes.len() - MAC_LEN);
+        let mut mac = HmacSha256::new_from_slice(&self.secret).ok()?;
+        mac.update(signed);
+        mac.verify_truncated_left(tag).ok()?;
+        Some(signed[1..].to_vec())
+    }
+
     fn lock_deleted(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; NONCE_LEN], u64>> {
         self.deleted.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -285,6 +309,20 @@ mod tests {
         assert_eq!(a.open("not-a-session"), Err(SessionError::Malformed));
         a.delete(&token).unwrap();
         assert_eq!(a.open(&token), Err(SessionError::Deleted));
+    }
+
+    #[test]
+    fn sealed_bodies_open_only_unchanged_and_for_their_purpose() {
+        let a = sessions();
+        let token = a.seal(b'R', b"paused call 7");
+        assert_eq!(
+            sessions().unseal(b'R', &token).as_deref(),
+            Some(&b"paused call 7"[..])
+        );
+        assert_eq!(a.unseal(b'S', &token), None);
+        assert_eq!(a.unseal(b'R', &format!("{token}A")), None);
+        let other = Sessions::new(b"other", Duration::from_secs(3600));
+        assert_eq!(other.unseal(b'R', &token), None);
     }
 
     #[test]

@@ -131,6 +131,11 @@ pub(super) async fn tools_call(
         arguments: Option<&'a RawValue>,
         #[serde(borrow, default, rename = "_meta")]
         meta: Option<&'a RawValue>,
+        /// A stateless client's retry of a paused call (2026-07-28).
+        #[serde(default, rename = "requestState")]
+        request_state: Option<String>,
+        #[serde(default, rename = "inputResponses")]
+        input_responses: Option<Map<String, Value>>,
     }
     let ledger = Ledger::new(context, id, "tools/call");
     let mut work = Work::new();
@@ -206,16 +211,22 @@ pub(super) async fn tools_call(
             ),
         );
     };
+    let binding = format!("tools/call\0{}", params.name);
+    if let (Some(state), Some(_)) = (&params.request_state, context.stateless) {
+        // The retry continues the paused call, which is accounted for when it ends.
+        drop(ledger);
+        let responses = params.input_responses.unwrap_or_default();
+        return relay::resume(caller(context, id, binding), state, responses).await;
+    }
     let (meta, progress) = rewrite_progress(params.meta);
     let forwarded = forward_params(
         &tool.upstream_name,
         params.arguments,
         meta.as_deref().or(params.meta),
     );
-    let answer_id = id.to_owned();
     let era = Era::of(context, "tools/call");
     relay::relay(
-        caller(context, id),
+        caller(context, id, binding),
         Forward {
             upstream,
             method: "tools/call",
@@ -223,11 +234,11 @@ pub(super) async fn tools_call(
             progress,
             stream_answer: context.stateless.is_none(),
         },
-        move |ending, elapsed| {
-            let (body, work) = tool_answer(&answer_id, ending, elapsed, work, era);
+        Box::new(move |id, ending, elapsed| {
+            let (body, work) = tool_answer(id, ending, elapsed, work, era);
             ledger.record(work);
             body
-        },
+        }),
     )
     .await
 }
@@ -329,11 +340,17 @@ pub(super) fn may_read(context: &Context<'_>, uri: &str) -> bool {
     resolve_uri(context, uri).is_ok()
 }
 
-/// Who a relayed request is for.
-fn caller<'a>(context: &'a Context<'_>, id: &'a RawValue) -> Caller<'a> {
+/// Who a relayed request is for; `binding` names the request (method and target) so that a
+/// paused call's state answers only that request.
+fn caller<'a>(context: &'a Context<'_>, id: &'a RawValue, binding: String) -> Caller<'a> {
     Caller {
         stateless: context.stateless.map(|d| relay::Stateless {
             relay_logs: d.log_level.is_some(),
+        }),
+        pauses: context.stateless.map(|_| relay::Pause {
+            parking: context.endpoint.parking.clone(),
+            key: context.caller.name.clone(),
+            binding,
         }),
         live: &context.endpoint.live,
         streamed: &context.endpoint.services.metrics.streamed_answers,
@@ -387,6 +404,17 @@ async fn forward_plain(
     target: String,
     map_result: Option<MapResult>,
 ) -> Response {
+    let binding = format!("{method}\0{target}");
+    let mut params = params;
+    let request_state = params.remove("requestState");
+    let input_responses = params.remove("inputResponses");
+    if let (Some(Value::String(state)), Some(_)) = (&request_state, context.stateless) {
+        let responses = match input_responses {
+            Some(Value::Object(responses)) => responses,
+            _ => Map::new(),
+        };
+        return relay::resume(caller(context, id, binding), state, responses).await;
+    }
     let ledger = Ledger::new(context, id, method);
     let mut work = Work::new();
     work.server = Some(upstream.name.clone());
@@ -395,7 +423,6 @@ async fn forward_plain(
         .get("_meta")
         .and_then(|m| serde_json::value::to_raw_value(m).ok());
     let (new_meta, progress) = rewrite_progress(meta.as_deref());
-    let mut params = params;
     if let Some(new_meta) = new_meta
         && let Ok(value) = serde_json::from_str::<Value>(new_meta.get())
     {
@@ -409,10 +436,9 @@ async fn forward_plain(
             "cannot encode params".into(),
         );
     };
-    let answer_id = id.to_owned();
     let era = Era::of(context, method);
     relay::relay(
-        caller(context, id),
+        caller(context, id, binding),
         Forward {
             upstream,
             method,
@@ -420,17 +446,17 @@ async fn forward_plain(
             progress,
             stream_answer: map_result.is_none() && context.stateless.is_none(),
         },
-        move |ending, elapsed| {
+        Box::new(move |id, ending, elapsed| {
             let ending = match (ending, &map_result) {
                 (Ending::Answered(Ok(Outcome::Result(result))), Some(map)) => {
                     Ending::Answered(Ok(Outcome::Result(map_raw(result, map.as_ref()))))
                 }
                 (ending, _) => ending,
             };
-            let (body, work) = tool_answer(&answer_id, ending, elapsed, work, era);
+            let (body, work) = tool_answer(id, ending, elapsed, work, era);
             ledger.record(work);
             body
-        },
+        }),
     )
     .await
 }

@@ -87,7 +87,9 @@ pub struct McpEndpoint {
     /// The policy version, for streams that outlive a reload.
     policy_changes: watch::Sender<u64>,
     versions: AtomicU64,
-    sessions: Sessions,
+    sessions: Arc<Sessions>,
+    /// Calls paused for stateless clients' input (the MRTR bridge).
+    parking: Arc<relay::Parking>,
     services: Services,
     list_cache: list_cache::ListCache,
     live: Arc<Live>,
@@ -100,11 +102,13 @@ impl McpEndpoint {
         session_secret: &[u8],
         session_ttl: Duration,
     ) -> Self {
+        let sessions = Arc::new(Sessions::new(session_secret, session_ttl));
         McpEndpoint {
             policy: Arc::new(ArcSwap::from_pointee(Policy::from_config(config, 1))),
             policy_changes: watch::Sender::new(1),
             versions: AtomicU64::new(1),
-            sessions: Sessions::new(session_secret, session_ttl),
+            sessions: sessions.clone(),
+            parking: Arc::new(relay::Parking::new(sessions)),
             services,
             list_cache: list_cache::ListCache::new(4096),
             live: Arc::default(),

@@ -42,6 +42,8 @@ pub(super) struct Stateless {
 pub(super) struct Caller<'a> {
     /// `None` in a session.
     pub stateless: Option<Stateless>,
+    /// How a stateless caller's call pauses for its input; `None` in a session.
+    pub pauses: Option<Pause>,
     pub live: &'a Arc<Live>,
     pub streamed: &'a prometheus::IntCounter,
     pub session: SessionTag,
@@ -80,26 +82,32 @@ pub(super) enum Ending {
     Abandoned(&'static str),
 }
 
+/// Builds the final JSON-RPC message for the request `id` now being answered (after a pause
+/// that is a retry, not the first request) from how the call ended, and accounts for it.
+pub(super) type Finish = Box<dyn FnOnce(&RawValue, Ending, Duration) -> Vec<u8> + Send>;
+
 /// Calls the answer-building closure exactly once: with the answer, or with
-/// [`Ending::Abandoned`] when the relay is dropped first, so every call is accounted for.
-struct Finisher<F: FnOnce(Ending, Duration) -> Vec<u8>> {
-    finish: Option<F>,
+/// [`Ending::Abandoned`] when the call is dropped first, so every call is accounted for.
+struct Finisher {
+    finish: Option<Finish>,
     started: Instant,
 }
 
-impl<F: FnOnce(Ending, Duration) -> Vec<u8>> Finisher<F> {
-    fn finish(mut self, ending: Ending) -> Vec<u8> {
+impl Finisher {
+    fn finish(mut self, id: &RawValue, ending: Ending) -> Vec<u8> {
         match self.finish.take() {
-            Some(f) => f(ending, self.started.elapsed()),
+            Some(f) => f(id, ending, self.started.elapsed()),
             None => Vec::new(),
         }
     }
 }
 
-impl<F: FnOnce(Ending, Duration) -> Vec<u8>> Drop for Finisher<F> {
+impl Drop for Finisher {
     fn drop(&mut self) {
         if let Some(f) = self.finish.take() {
+            let null = RawValue::NULL;
             f(
+                null,
                 Ending::Abandoned("the client went away"),
                 self.started.elapsed(),
             );
@@ -107,17 +115,25 @@ impl<F: FnOnce(Ending, Duration) -> Vec<u8>> Drop for Finisher<F> {
     }
 }
 
+/// A call in progress: everything that continues it, so that it can be paused (a stateless
+/// client must answer a question first) and resumed by the client's retry.
+struct Running {
+    call:
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Outcome, UpstreamError>> + Send>>,
+    events: mpsc::Receiver<Event>,
+    finisher: Finisher,
+    translator: Translator,
+    server: Arc<str>,
+}
+
 /// Forward `forward` and answer with what comes back. `finish` turns the ending into the
 /// final JSON-RPC message (and accounts for the call); it runs exactly once.
-pub(super) async fn relay<F>(caller: Caller<'_>, forward: Forward, finish: F) -> Response
-where
-    F: FnOnce(Ending, Duration) -> Vec<u8> + Send + 'static,
-{
+pub(super) async fn relay(caller: Caller<'_>, forward: Forward, finish: Finish) -> Response {
     let finisher = Finisher {
         finish: Some(finish),
         started: Instant::now(),
     };
-    let (events_tx, mut events) = mpsc::channel(EVENTS_PER_CALL);
+    let (events_tx, events) = mpsc::channel(EVENTS_PER_CALL);
     let options = CallOptions {
         events: Some(events_tx),
         stream_answer: forward.stream_answer,
@@ -133,104 +149,215 @@ where
         ..
     } = forward;
     let server = upstream.name.clone();
-    let mut call = Box::pin(async move { upstream.call(method, Some(&params), &options).await });
-    let tracked = caller.live.track_call(caller.session, caller.request_id);
-    let mut translator = Translator {
+    let call = Box::pin(async move { upstream.call(method, Some(&params), &options).await });
+    let translator = Translator {
         stateless: caller.stateless,
         live: caller.live.clone(),
         session: caller.session,
         capabilities: caller.capabilities,
         progress,
         waiting: Vec::new(),
+        asked: 0,
     };
+    let running = Running {
+        call,
+        events,
+        finisher,
+        translator,
+        server,
+    };
+    drive(caller, running, Vec::new()).await
+}
 
+/// Resume a call paused for a stateless client's input: its answers go to the upstream, and
+/// the call goes on as if it had never stopped.
+pub(super) async fn resume(
+    caller: Caller<'_>,
+    request_state: &str,
+    responses: serde_json::Map<String, serde_json::Value>,
+) -> Response {
+    let Some(pause) = caller.pauses.as_ref() else {
+        return invalid(
+            caller.request_id,
+            "`requestState` belongs to MCP 2026-07-28 requests",
+        );
+    };
+    let parked = match pause.take(request_state) {
+        Ok(parked) => parked,
+        Err(message) => return invalid(caller.request_id, &message),
+    };
+    let mut missing = Vec::new();
+    for (key, question) in parked.questions {
+        match responses.get(&key) {
+            Some(answer) => {
+                let answer = serde_json::value::to_raw_value(answer)
+                    .unwrap_or_else(|_| RawValue::NULL.to_owned());
+                let _ = question.reply.send(Outcome::Result(answer));
+            }
+            None => missing.push((key, question)),
+        }
+    }
+    if !missing.is_empty() {
+        // Not every question was answered: ask the rest again.
+        return pause.park(caller.request_id, parked.running, missing);
+    }
+    drive(caller, parked.running, Vec::new()).await
+}
+
+/// What the next step of a call is.
+enum Step {
+    Answered(Result<Outcome, UpstreamError>),
+    Cancelled,
+    Event(Event),
+}
+
+async fn next_step(running: &mut Running, cancelled: &super::live::TrackedCall) -> Step {
+    tokio::select! {
+        biased;
+        outcome = &mut running.call => Step::Answered(outcome),
+        () = cancelled.cancelled() => Step::Cancelled,
+        Some(event) = running.events.recv() => Step::Event(event),
+    }
+}
+
+/// Run a call until its answer (JSON, or an SSE stream once there is something to send
+/// first), its cancellation, or a question for a stateless client (which pauses it).
+async fn drive(caller: Caller<'_>, mut running: Running, mut sent: Vec<Bytes>) -> Response {
+    let tracked = caller.live.track_call(caller.session, caller.request_id);
+    let id = caller.request_id;
     // Until the upstream sends something to carry, the answer may still be plain JSON.
-    let first = loop {
-        tokio::select! {
-            biased;
-            outcome = &mut call => {
+    loop {
+        match next_step(&mut running, &tracked).await {
+            Step::Answered(outcome) => {
                 // Events sent just before the answer are still queued: they go first.
-                let pending = translator.drain(&mut events);
+                sent.extend(running.translator.drain(&mut running.events));
                 let outcome = match outcome {
-                    Ok(Outcome::Streamed(answer)) if pending.is_empty() => {
-                        return json_stream(caller.request_id, answer, finisher);
+                    Ok(Outcome::Streamed(answer)) if sent.is_empty() => {
+                        return json_stream(id, answer, running.finisher);
                     }
-                    Ok(Outcome::Streamed(answer)) => collect(&server, answer).await,
+                    Ok(Outcome::Streamed(answer)) => collect(&running.server, answer).await,
                     outcome => outcome,
                 };
-                let body = finisher.finish(Ending::Answered(outcome));
-                if pending.is_empty() {
+                let body = running.finisher.finish(id, Ending::Answered(outcome));
+                if sent.is_empty() {
                     return Response::json(StatusCode::OK, body);
                 }
-                caller.streamed.inc();
-                let (out, stream) = mpsc::channel(pending.len() + 1);
-                for event in pending {
-                    let _ = out.try_send(event);
-                }
-                let _ = out.try_send(sse::message_event(&body));
-                return Response::events(stream);
+                sent.push(sse::message_event(&body));
+                return whole_stream(caller.streamed, sent);
             }
-            () = tracked.cancelled() => {
+            Step::Cancelled => {
+                let Running { call, finisher, .. } = running;
                 drop(call);
-                let body = finisher.finish(Ending::Abandoned("the client cancelled the request"));
+                let body =
+                    finisher.finish(id, Ending::Abandoned("the client cancelled the request"));
                 return Response::json(StatusCode::OK, body);
             }
-            Some(event) = events.recv() => {
-                if let Some(bytes) = translator.translate(event) {
-                    break bytes;
+            Step::Event(event) => match running.translator.translate(event) {
+                Translated::Send(bytes) => {
+                    sent.push(bytes);
+                    break;
                 }
-            }
+                Translated::Skip => {}
+                Translated::Ask(request) => {
+                    let questions = running.translator.gather(request, &mut running.events);
+                    let Some(pause) = caller.pauses.as_ref() else {
+                        continue;
+                    };
+                    let paused = pause.park(id, running, questions);
+                    if sent.is_empty() {
+                        return paused;
+                    }
+                    if let Some(bytes) = paused.body.as_bytes() {
+                        sent.push(sse::message_event(bytes));
+                    }
+                    return whole_stream(caller.streamed, sent);
+                }
+            },
         }
-    };
+    }
 
+    // Something to carry before the answer: an SSE stream, fed by a task.
     caller.streamed.inc();
     let (out, stream) = mpsc::channel(STREAM_QUEUE);
-    let _ = out.try_send(first);
+    for bytes in sent {
+        let _ = out.try_send(bytes);
+    }
+    let id = id.to_owned();
+    let pauses = caller.pauses.clone();
     tokio::spawn(async move {
-        let _tracked = &tracked;
         loop {
-            tokio::select! {
-                biased;
-                outcome = &mut call => {
-                    for event in translator.drain(&mut events) {
+            let step = tokio::select! {
+                step = next_step(&mut running, &tracked) => step,
+                () = out.closed() => return,
+            };
+            match step {
+                Step::Answered(outcome) => {
+                    for event in running.translator.drain(&mut running.events) {
                         if out.send(event).await.is_err() {
                             return;
                         }
                     }
                     // An SSE event holds one whole message: a streamed answer is gathered.
                     let outcome = match outcome {
-                        Ok(Outcome::Streamed(answer)) => collect(&server, answer).await,
+                        Ok(Outcome::Streamed(answer)) => collect(&running.server, answer).await,
                         outcome => outcome,
                     };
-                    let body = finisher.finish(Ending::Answered(outcome));
+                    let body = running.finisher.finish(&id, Ending::Answered(outcome));
                     let _ = out.send(sse::message_event(&body)).await;
                     return;
                 }
-                () = tracked.cancelled() => {
+                Step::Cancelled => {
+                    let Running { call, finisher, .. } = running;
                     drop(call);
-                    finisher.finish(Ending::Abandoned("the client cancelled the request"));
+                    finisher.finish(&id, Ending::Abandoned("the client cancelled the request"));
                     return;
                 }
-                () = out.closed() => return,
-                Some(event) = events.recv() => {
-                    let Some(bytes) = translator.translate(event) else { continue };
-                    tokio::select! {
-                        sent = out.send(bytes) => if sent.is_err() { return },
-                        () = tracked.cancelled() => {}
+                Step::Event(event) => match running.translator.translate(event) {
+                    Translated::Send(bytes) => {
+                        tokio::select! {
+                            sent = out.send(bytes) => if sent.is_err() { return },
+                            () = tracked.cancelled() => {}
+                        }
                     }
-                }
+                    Translated::Skip => {}
+                    Translated::Ask(request) => {
+                        let questions = running.translator.gather(request, &mut running.events);
+                        let Some(pause) = pauses.as_ref() else {
+                            continue;
+                        };
+                        let paused = pause.park(&id, running, questions);
+                        if let Some(bytes) = paused.body.as_bytes() {
+                            let _ = out.send(sse::message_event(bytes)).await;
+                        }
+                        return;
+                    }
+                },
             }
         }
     });
     Response::events(stream)
 }
 
+/// An SSE answer whose events are all known already.
+fn whole_stream(streamed: &prometheus::IntCounter, events: Vec<Bytes>) -> Response {
+    streamed.inc();
+    let (out, stream) = mpsc::channel(events.len().max(1));
+    for event in events {
+        let _ = out.try_send(event);
+    }
+    Response::events(stream)
+}
+
+fn invalid(id: &RawValue, message: &str) -> Response {
+    Response::json(
+        StatusCode::OK,
+        crate::jsonrpc::error_bytes(Some(id), code::INVALID_PARAMS, message, None),
+    )
+}
+
 /// A JSON response whose `result` (or `error`) is passed on as it arrives from the upstream;
 /// the call is accounted for when the last byte has gone (or the client went away).
-fn json_stream<F>(id: &RawValue, answer: StreamedAnswer, finisher: Finisher<F>) -> Response
-where
-    F: FnOnce(Ending, Duration) -> Vec<u8> + Send + 'static,
-{
+fn json_stream(id: &RawValue, answer: StreamedAnswer, finisher: Finisher) -> Response {
     let member = answer.member;
     let name = match member {
         Member::Result => "result",
@@ -240,15 +367,17 @@ where
         "{{\"jsonrpc\":\"2.0\",\"id\":{},\"{name}\":",
         id.get()
     ));
-    struct State<F: FnOnce(Ending, Duration) -> Vec<u8>> {
+    struct State {
         head: Option<Bytes>,
         answer: StreamedAnswer,
-        finisher: Option<Finisher<F>>,
+        finisher: Option<Finisher>,
+        id: Box<RawValue>,
     }
     let state = State {
         head: Some(head),
         answer,
         finisher: Some(finisher),
+        id: id.to_owned(),
     };
     let stream = futures::stream::unfold(state, move |mut state| async move {
         if let Some(head) = state.head.take() {
@@ -261,20 +390,26 @@ where
                 Some((Ok(bytes), state))
             }
             Some(Err(cut)) => {
-                finisher.finish(Ending::Streamed {
-                    member,
-                    is_error: false,
-                    cut: Some(cut.clone()),
-                });
+                finisher.finish(
+                    &state.id,
+                    Ending::Streamed {
+                        member,
+                        is_error: false,
+                        cut: Some(cut.clone()),
+                    },
+                );
                 Some((Err(cut), state))
             }
             None => {
                 let is_error = state.answer.is_error.load(Ordering::Relaxed);
-                finisher.finish(Ending::Streamed {
-                    member,
-                    is_error,
-                    cut: None,
-                });
+                finisher.finish(
+                    &state.id,
+                    Ending::Streamed {
+                        member,
+                        is_error,
+                        cut: None,
+                    },
+                );
                 Some((Ok(Bytes::from_static(b"}")), state))
             }
         }
@@ -301,6 +436,14 @@ async fn collect(server: &Arc<str>, mut answer: StreamedAnswer) -> Result<Outcom
     })
 }
 
+/// What an upstream's event becomes for the client.
+enum Translated {
+    Send(Bytes),
+    Skip,
+    /// A request a stateless client must answer first: the call pauses.
+    Ask(ServerRequest),
+}
+
 /// Turns an upstream's events into messages for the client.
 struct Translator {
     stateless: Option<Stateless>,
@@ -310,32 +453,60 @@ struct Translator {
     progress: Option<Progress>,
     /// Requests relayed to the client in this call; forgotten when the call ends.
     waiting: Vec<WaitingRequest>,
+    /// Questions put to a stateless client so far (their keys are unique in the call).
+    asked: usize,
 }
 
 impl Translator {
-    /// Translate what is still queued (the call has ended, so nothing more comes).
+    /// Translate what is still queued (the call has ended, so nothing more comes, and no
+    /// question can be put any more).
     fn drain(&mut self, events: &mut mpsc::Receiver<Event>) -> Vec<Bytes> {
         let mut out = Vec::new();
         while let Ok(event) = events.try_recv() {
-            out.extend(self.translate(event));
+            match self.translate(event) {
+                Translated::Send(bytes) => out.push(bytes),
+                Translated::Skip => {}
+                Translated::Ask(request) => refuse(request, "the call has ended"),
+            }
         }
         out
     }
 
-    fn translate(&mut self, event: Event) -> Option<Bytes> {
+    fn translate(&mut self, event: Event) -> Translated {
         match event {
             Event::Notification(message) => {
                 let is_log = message.get().contains("\"notifications/message\"");
                 if is_log && self.stateless.is_some_and(|s| !s.relay_logs) {
                     // A stateless client gets log messages only when it asked for them.
-                    return None;
+                    return Translated::Skip;
                 }
-                Some(sse::message_event(
+                Translated::Send(sse::message_event(
                     self.restore_progress(message).get().as_bytes(),
                 ))
             }
             Event::Request(request) => self.relay_request(request),
         }
+    }
+
+    /// The question `first` and any others already queued, under keys for `inputRequests`.
+    fn gather(
+        &mut self,
+        first: ServerRequest,
+        events: &mut mpsc::Receiver<Event>,
+    ) -> Vec<(String, ServerRequest)> {
+        let mut questions = vec![first];
+        while let Ok(event) = events.try_recv() {
+            if let Translated::Ask(request) = self.translate(event) {
+                questions.push(request);
+            }
+        }
+        questions
+            .into_iter()
+            .map(|q| {
+                self.asked += 1;
+                (format!("input-{}", self.asked), q)
+            })
+            .collect()
     }
 
     /// Progress carries the token the upstream saw; the client gets its own back.
@@ -359,39 +530,28 @@ impl Translator {
     }
 
     /// A request from the upstream to the client: refused here if the client cannot answer
-    /// it, otherwise sent with an id of Sluice's, the answer routed back by [`Live`].
-    fn relay_request(&mut self, request: ServerRequest) -> Option<Bytes> {
-        if self.stateless.is_some() {
-            // A stateless client takes no requests on a stream (2026-07-28 asks for input with
-            // an InputRequiredResult instead, which Sluice does not build yet).
-            let _ = request.reply.send(client_error(
-                code::METHOD_NOT_FOUND,
-                &format!(
-                    "the client speaks MCP 2026-07-28, which takes no `{}` request during a call",
-                    request.method
-                ),
-            ));
-            return None;
-        }
+    /// it; put to a stateless client as a question (the call pauses); otherwise sent on the
+    /// stream with an id of Sluice's, the answer routed back by [`Live`].
+    fn relay_request(&mut self, request: ServerRequest) -> Translated {
         let params: Option<serde_json::Value> = request
             .params
             .as_deref()
             .and_then(|p| serde_json::from_str(p.get()).ok());
         if !self.capabilities.allows(&request.method, params.as_ref()) {
-            let _ = request.reply.send(client_error(
-                code::METHOD_NOT_FOUND,
-                &format!(
-                    "the client did not declare the capability that `{}` needs",
-                    request.method
-                ),
-            ));
-            return None;
+            refuse(
+                request,
+                "the client did not declare the capability it needs",
+            );
+            return Translated::Skip;
+        }
+        if self.stateless.is_some() {
+            return Translated::Ask(request);
         }
         let (id, guard) = match self.live.wait_for_client(self.session, request.reply) {
             Ok(waiting) => waiting,
             Err(e) => {
                 tracing::warn!("cannot relay `{}`: {e}", request.method);
-                return None;
+                return Translated::Skip;
             }
         };
         self.waiting.push(guard);
@@ -404,6 +564,169 @@ impl Translator {
             message.push_str(params.get());
         }
         message.push('}');
-        Some(sse::message_event(message.as_bytes()))
+        Translated::Send(sse::message_event(message.as_bytes()))
+    }
+}
+
+/// Answer an upstream's request with an error saying why no client will.
+fn refuse(request: ServerRequest, why: &str) {
+    let _ = request.reply.send(client_error(
+        code::METHOD_NOT_FOUND,
+        &format!("Sluice cannot relay `{}`: {why}", request.method),
+    ));
+}
+
+/// How long a call paused for a stateless client's input waits for the retry. The upstream's
+/// own `request_timeout` still bounds the whole call.
+const PAUSE_TTL: Duration = Duration::from_secs(300);
+/// Calls that may be paused at once on one instance.
+const MAX_PAUSED: usize = 1_000;
+/// Domain of sealed request states (apart from session ids).
+const STATE_PURPOSE: u8 = b'R';
+
+/// Calls paused for a stateless client's input (the MRTR bridge): a session-era upstream
+/// asked its client something in the middle of a call; the stateless client got an
+/// `InputRequiredResult` whose `requestState`, sealed by Sluice, names the paused call here.
+pub struct Parking {
+    paused: std::sync::Mutex<std::collections::HashMap<[u8; 16], Parked>>,
+    sealer: Arc<crate::session::Sessions>,
+}
+
+struct Parked {
+    running: Running,
+    questions: Vec<(String, ServerRequest)>,
+    expires: Instant,
+}
+
+impl Parking {
+    pub fn new(sealer: Arc<crate::session::Sessions>) -> Self {
+        Parking {
+            paused: Default::default(),
+            sealer,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 16], Parked>> {
+        self.paused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A stateless request's way to pause its call: the parking and what its state is bound to.
+#[derive(Clone)]
+pub(super) struct Pause {
+    pub parking: Arc<Parking>,
+    pub key: Arc<str>,
+    /// The method and the tool, prompt or URI: a state answers only the request it came from.
+    pub binding: String,
+}
+
+impl Pause {
+    /// Pause `running` with its `questions` and answer request `id` with them.
+    fn park(
+        &self,
+        id: &RawValue,
+        running: Running,
+        questions: Vec<(String, ServerRequest)>,
+    ) -> Response {
+        let mut requests = serde_json::Map::new();
+        for (key, question) in &questions {
+            let params: serde_json::Value = question
+                .params
+                .as_deref()
+                .and_then(|p| serde_json::from_str(p.get()).ok())
+                .unwrap_or_else(|| serde_json::json!({}));
+            requests.insert(
+                key.clone(),
+                serde_json::json!({ "method": question.method, "params": params }),
+            );
+        }
+        let mut handle = [0u8; 16];
+        rand::fill(&mut handle[..]);
+        {
+            let mut paused = self.parking.lock();
+            let now = Instant::now();
+            paused.retain(|_, p| p.expires > now);
+            if paused.len() >= MAX_PAUSED {
+                drop(paused);
+                for (_, question) in questions {
+                    refuse(question, "too many calls are waiting for their clients");
+                }
+                return Response::json(
+                    StatusCode::OK,
+                    crate::jsonrpc::error_bytes(
+                        Some(id),
+                        code::INTERNAL_ERROR,
+                        "Sluice holds too many calls waiting for input; retry later",
+                        None,
+                    ),
+                );
+            }
+            paused.insert(
+                handle,
+                Parked {
+                    running,
+                    questions,
+                    expires: now + PAUSE_TTL,
+                },
+            );
+        }
+        let state = self
+            .parking
+            .sealer
+            .seal(STATE_PURPOSE, &self.state_body(&handle));
+        let result = serde_json::json!({
+            "resultType": "input_required",
+            "inputRequests": requests,
+            "requestState": state,
+        });
+        Response::json(
+            StatusCode::OK,
+            crate::jsonrpc::result_bytes(id, &result.to_string()),
+        )
+    }
+
+    /// What a request state seals: the paused call, its expiry, the key and the request.
+    fn state_body(&self, handle: &[u8; 16]) -> Vec<u8> {
+        use sha2::{Digest, Sha256};
+        let expires = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + PAUSE_TTL.as_secs();
+        let mut body = handle.to_vec();
+        body.extend_from_slice(&expires.to_be_bytes());
+        body.extend_from_slice(&Sha256::digest(self.key.as_bytes())[..8]);
+        body.extend_from_slice(&Sha256::digest(self.binding.as_bytes())[..8]);
+        body
+    }
+
+    /// The paused call a request state names, if the state is genuine, this key's, for this
+    /// request, not expired, and the call is held here.
+    fn take(&self, state: &str) -> Result<Parked, String> {
+        let body = self
+            .parking
+            .sealer
+            .unseal(STATE_PURPOSE, state)
+            .filter(|b| b.len() == 40)
+            .ok_or("`requestState` is not valid: it was changed, or not issued by this gateway")?;
+        let handle: [u8; 16] = body[..16].try_into().map_err(|_| "malformed state")?;
+        let expected = self.state_body(&handle);
+        if body[24..32] != expected[24..32] {
+            return Err("`requestState` was issued to another key".into());
+        }
+        if body[32..40] != expected[32..40] {
+            return Err(
+                "`requestState` belongs to another request (method and name must match)".into(),
+            );
+        }
+        let expires = u64::from_be_bytes(body[16..24].try_into().map_err(|_| "malformed state")?);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now > expires {
+            return Err("`requestState` has expired; make the request again from the start".into());
+        }
+        self.parking.lock().remove(&handle).ok_or_else(|| {
+            "the paused call is not held by this gateway instance (it was answered already, timed out, or is held by another instance); make the request again from the start".to_string()
+        })
     }
 }
