@@ -284,6 +284,14 @@ def test_two_instances_with_one_secret_serve_one_stateless_client(tmp_path):
                 response, message = c.call_tool(ECHO, {"message": f"call-{i}"})
                 assert response.status_code == 200 and f"Echo: call-{i}" in text_of(message.get("result", {})), (
                     f"call {i} to {c.url}: HTTP {response.status_code} {message}")
+            # A paused (MRTR) call is held by the instance that paused it: a retry that reaches
+            # the other instance is refused with an error (the client starts over), never
+            # answered with someone else's result nor left hanging.
+            key, _, state = _first_round(clients[0])
+            response, message = clients[1].call_tool(ELICIT, inputResponses=_answer(key, "Elsewhere"), requestState=state)
+            assert "error" in message and "result" not in message, f"HTTP {response.status_code} {message}"
+            response, message = clients[0].call_tool(ELICIT, inputResponses=_answer(key, "Here"), requestState=state)
+            assert "Name: Here" in text_of(message.get("result", {})), f"HTTP {response.status_code} {message}"
         finally:
             for c in clients:
                 c.close()
