@@ -212,6 +212,24 @@ fn validate(config: &Config, text: &str) -> Result<(), (Option<usize>, String)> 
                 ),
             ));
         }
+        if server.era == UpstreamEra::Stateless && server.http.is_none() {
+            return Err((
+                at,
+                format!(
+                    "server `{}`: `era: stateless` needs an `http` server (stdio and legacy SSE servers have sessions)",
+                    server.name
+                ),
+            ));
+        }
+        if server.session == SessionMode::PerClient && server.era == UpstreamEra::Stateless {
+            return Err((
+                at,
+                format!(
+                    "server `{}`: `session: per_client` needs sessions; drop `era: stateless`",
+                    server.name
+                ),
+            ));
+        }
         if server.session == SessionMode::PerClient && server.stdio.is_some() {
             return Err((
                 at,

@@ -221,6 +221,10 @@ pub struct McpServer {
     /// session (`per_client`) for servers that keep state per session.
     #[serde(default)]
     pub session: SessionMode,
+    /// Which protocol era to speak to an HTTP server: `auto` (sessions when the server takes
+    /// `initialize`, else the stateless 2026-07-28), `session` or `stateless`.
+    #[serde(default)]
+    pub era: UpstreamEra,
     /// Tool name prefix; `None` means the server name, `""` means no prefix.
     #[serde(default)]
     pub prefix: Option<String>,
@@ -271,6 +275,18 @@ pub enum Transport<'a> {
     Stdio(&'a StdioTransport),
     Http(&'a HttpTransport),
     Sse(&'a HttpTransport),
+}
+
+/// The protocol era Sluice speaks to an upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamEra {
+    /// Sessions when the server takes `initialize` (dual-era servers keep their session-era
+    /// features, such as asking the client mid-call), else 2026-07-28.
+    #[default]
+    Auto,
+    Session,
+    Stateless,
 }
 
 /// Whose upstream session a call uses.

@@ -7,7 +7,7 @@
 //! the list of sessions ended with `DELETE` (kept until they would have expired anyway).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -26,6 +26,24 @@ const MAC_LEN: usize = 16;
 const BODY_LEN: usize = 1 + 8 + 1 + 8 + NONCE_LEN + 1;
 const NONCE: std::ops::Range<usize> = 18..18 + NONCE_LEN;
 const CAPABILITIES: usize = 18 + NONCE_LEN;
+
+/// Sessions whose tokens are remembered as verified.
+const VERIFIED_CACHE: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(16_384) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
+
+/// The first 8 bytes of the SHA-256 of a token, in hex.
+fn fingerprint_of(token: &str) -> Arc<str> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(token.as_bytes());
+    let mut out = String::with_capacity(16);
+    for b in &digest[..8] {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+    }
+    Arc::from(out)
+}
 
 /// What a client declared it can do in `initialize`, as bits sealed into its session, so that
 /// any instance knows which server-to-client requests it may relay.
@@ -95,6 +113,8 @@ pub struct Session {
     pub capabilities: ClientCapabilities,
     /// Unix seconds after which the session is refused.
     pub expires_at: u64,
+    /// A short, stable, non-reversible name for the session in logs and audit records.
+    pub fingerprint: Arc<str>,
 }
 
 impl Session {
@@ -112,6 +132,7 @@ impl Session {
             nonce,
             capabilities,
             expires_at: created.saturating_add(3600),
+            fingerprint: Arc::from("stateless"),
         }
     }
 
@@ -138,6 +159,8 @@ pub enum SessionError {
 pub struct Sessions {
     secret: Vec<u8>,
     ttl: Duration,
+    /// Tokens whose seal was checked already.
+    verified: Mutex<lru::LruCache<String, Session>>,
     /// Nonce of each deleted session, with the time it expires anyway.
     deleted: Mutex<HashMap<[u8; NONCE_LEN], u64>>,
 }
@@ -148,6 +171,7 @@ impl Sessions {
         Sessions {
             secret: secret.to_vec(),
             ttl,
+            verified: Mutex::new(lru::LruCache::new(VERIFIED_CACHE)),
             deleted: Mutex::new(HashMap::new()),
         }
     }
@@ -173,6 +197,32 @@ impl Sessions {
 
     /// Check a token and say what it holds.
     pub fn open(&self, token: &str) -> Result<Session, SessionError> {
+        // A token seen before is not verified again (its HMAC and decoding are most of the
+        // cost of a request); expiry and deletion are checked every time.
+        let cached = self.lock_verified().get(token).cloned();
+        let session = match cached {
+            Some(session) => session,
+            None => {
+                let session = self.verify(token)?;
+                self.lock_verified().put(token.to_string(), session.clone());
+                session
+            }
+        };
+        if now() > session.expires_at {
+            return Err(SessionError::Expired);
+        }
+        if self.lock_deleted().contains_key(&session.nonce) {
+            return Err(SessionError::Deleted);
+        }
+        Ok(session)
+    }
+
+    fn lock_verified(&self) -> std::sync::MutexGuard<'_, lru::LruCache<String, Session>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Check a token's seal and read it.
+    fn verify(&self, token: &str) -> Result<Session, SessionError> {
         let bytes = URL_SAFE_NO_PAD
             .decode(token.as_bytes())
             .map_err(|_| SessionError::Malformed)?;
@@ -186,15 +236,9 @@ impl Sessions {
             .map_err(|_| SessionError::BadSeal)?;
         let created =
             u64::from_be_bytes(body[1..9].try_into().map_err(|_| SessionError::Malformed)?);
-        if now() > created.saturating_add(self.ttl.as_secs()) {
-            return Err(SessionError::Expired);
-        }
         let nonce: [u8; NONCE_LEN] = body[NONCE]
             .try_into()
             .map_err(|_| SessionError::Malformed)?;
-        if self.lock_deleted().contains_key(&nonce) {
-            return Err(SessionError::Deleted);
-        }
         let protocol_version = protocol::SUPPORTED
             .get(body[9] as usize)
             .copied()
@@ -208,6 +252,7 @@ impl Sessions {
             nonce,
             capabilities: ClientCapabilities(body[CAPABILITIES]),
             expires_at: created.saturating_add(self.ttl.as_secs()),
+            fingerprint: fingerprint_of(token),
         })
     }
 

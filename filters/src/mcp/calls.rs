@@ -13,11 +13,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::Services;
 use super::http::Response;
 use super::methods::Context;
 use super::modern;
 use super::relay::{self, Caller, Ending, Forward, Progress};
-use super::{Services, session_fingerprint};
 use crate::audit::{AuditRecord, now_rfc3339};
 use crate::catalog::{Kind, resource_grant_name};
 use crate::jsonrpc::{self, code};
@@ -67,7 +67,7 @@ impl Ledger {
             services: context.endpoint.services.clone(),
             key: context.caller.name.clone(),
             request_id: id.get().to_string(),
-            session: session_fingerprint(context.session_id.as_bytes()),
+            session: context.session.fingerprint.to_string(),
             method,
             started: context.started,
         }
@@ -302,6 +302,19 @@ fn tool_answer(
             };
             work.error = cut;
             (Vec::new(), work)
+        }
+        Ending::MissingCapability(capability) => {
+            let message = format!(
+                "the tool needs the client capability `{capability}`, which this request did not declare"
+            );
+            let body = jsonrpc::error_bytes(
+                Some(id),
+                modern::codes::MISSING_CLIENT_CAPABILITY,
+                &message,
+                Some(&serde_json::json!({ "requiredCapabilities": { capability: {} } })),
+            );
+            work.error = Some(message);
+            (body, work)
         }
         Ending::Abandoned(reason) => {
             work.status = "cancelled";

@@ -36,8 +36,6 @@ pub(super) struct Context<'a> {
     pub caller: &'a Arc<KeyEntry>,
     pub narrowing: Option<&'a Narrowing>,
     pub session: &'a Session,
-    /// The session id as the client sent it (for the audit log's session fingerprint).
-    pub session_id: &'a HeaderValue,
     pub started: Instant,
     /// What a stateless-era (2026-07-28) request declared; `None` in a session.
     pub stateless: Option<&'a Declared>,

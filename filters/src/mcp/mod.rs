@@ -217,7 +217,7 @@ impl McpEndpoint {
         }
         if method == Method::GET {
             transport::check_get_headers(request.headers)?;
-            let (_, session) = self.require_session(request.headers, &caller, None)?;
+            let session = self.require_session(request.headers, &caller, None)?;
             return Ok(stream::open(
                 self,
                 caller,
@@ -248,7 +248,7 @@ impl McpEndpoint {
             self.services.metrics.active_sessions.inc();
             return Ok(methods::initialize(self, &caller, &message));
         }
-        let (session_id, session) = self.require_session(request.headers, &caller, message.id)?;
+        let session = self.require_session(request.headers, &caller, message.id)?;
         self.services
             .metrics
             .mcp_requests
@@ -278,7 +278,6 @@ impl McpEndpoint {
             caller: &caller,
             narrowing: narrowing.as_ref(),
             session: &session,
-            session_id,
             started,
             stateless: None,
         };
@@ -316,7 +315,6 @@ impl McpEndpoint {
             caller: &caller,
             narrowing: None,
             session: &session,
-            session_id: &HeaderValue::from_static("stateless"),
             started,
             stateless: Some(&declared),
         };
@@ -336,12 +334,12 @@ impl McpEndpoint {
     }
 
     /// The caller's session from the `Mcp-Session-Id` header, or the refusal to answer.
-    fn require_session<'h>(
+    fn require_session(
         &self,
-        headers: &'h HeaderMap,
+        headers: &HeaderMap,
         caller: &KeyEntry,
         id: Option<&serde_json::value::RawValue>,
-    ) -> Result<(&'h HeaderValue, Session), Response> {
+    ) -> Result<Session, Response> {
         let Some(session_id) = headers.get(transport::SESSION_HEADER) else {
             return Err(Response::refuse(
                 StatusCode::BAD_REQUEST,
@@ -358,7 +356,7 @@ impl McpEndpoint {
                 &format!("unknown session: {e}; send `initialize` to start a new one"),
             )
         })?;
-        Ok((session_id, session))
+        Ok(session)
     }
 
     /// A client's answer to a request Sluice relayed to it from an upstream.
@@ -465,13 +463,6 @@ fn method_not_allowed(message: &str) -> Response {
         ::http::header::ALLOW,
         HeaderValue::from_static("GET, POST, DELETE"),
     )
-}
-
-/// A short, stable, non-reversible name for a session in logs.
-fn session_fingerprint(token: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(token);
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The session header name, for callers that set it on responses.

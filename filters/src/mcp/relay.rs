@@ -80,6 +80,8 @@ pub(super) enum Ending {
     },
     /// The client cancelled or went away before the answer.
     Abandoned(&'static str),
+    /// The upstream asked for something the stateless client did not declare it can do.
+    MissingCapability(&'static str),
 }
 
 /// Builds the final JSON-RPC message for the request `id` now being answered (after a pause
@@ -124,6 +126,8 @@ struct Running {
     finisher: Finisher,
     translator: Translator,
     server: Arc<str>,
+    /// The answer, when it came while questions were being gathered.
+    early: Option<Result<Outcome, UpstreamError>>,
 }
 
 /// Forward `forward` and answer with what comes back. `finish` turns the ending into the
@@ -165,6 +169,7 @@ pub(super) async fn relay(caller: Caller<'_>, forward: Forward, finish: Finish) 
         finisher,
         translator,
         server,
+        early: None,
     };
     drive(caller, running, Vec::new()).await
 }
@@ -212,6 +217,9 @@ enum Step {
 }
 
 async fn next_step(running: &mut Running, cancelled: &super::live::TrackedCall) -> Step {
+    if let Some(outcome) = running.early.take() {
+        return Step::Answered(outcome);
+    }
     tokio::select! {
         biased;
         outcome = &mut running.call => Step::Answered(outcome),
@@ -258,8 +266,18 @@ async fn drive(caller: Caller<'_>, mut running: Running, mut sent: Vec<Bytes>) -
                     break;
                 }
                 Translated::Skip => {}
+                Translated::Missing(capability) => {
+                    let Running { call, finisher, .. } = running;
+                    drop(call);
+                    let body = finisher.finish(id, Ending::MissingCapability(capability));
+                    if sent.is_empty() {
+                        return Response::json(StatusCode::BAD_REQUEST, body);
+                    }
+                    sent.push(sse::message_event(&body));
+                    return whole_stream(caller.streamed, sent);
+                }
                 Translated::Ask(request) => {
-                    let questions = running.translator.gather(request, &mut running.events);
+                    let questions = gather(&mut running, request).await;
                     let Some(pause) = caller.pauses.as_ref() else {
                         continue;
                     };
@@ -320,8 +338,15 @@ async fn drive(caller: Caller<'_>, mut running: Running, mut sent: Vec<Bytes>) -
                         }
                     }
                     Translated::Skip => {}
+                    Translated::Missing(capability) => {
+                        let Running { call, finisher, .. } = running;
+                        drop(call);
+                        let body = finisher.finish(&id, Ending::MissingCapability(capability));
+                        let _ = out.send(sse::message_event(&body)).await;
+                        return;
+                    }
                     Translated::Ask(request) => {
-                        let questions = running.translator.gather(request, &mut running.events);
+                        let questions = gather(&mut running, request).await;
                         let Some(pause) = pauses.as_ref() else {
                             continue;
                         };
@@ -336,6 +361,36 @@ async fn drive(caller: Caller<'_>, mut running: Running, mut sent: Vec<Bytes>) -
         }
     });
     Response::events(stream)
+}
+
+/// Servers often ask several things at once (one request each, sent together): the questions
+/// that arrive within [`GATHER_WINDOW`] of the first go out in one `InputRequiredResult`
+/// rather than one round trip each. The call is polled meanwhile, or nothing more would come.
+async fn gather(running: &mut Running, first: ServerRequest) -> Vec<(String, ServerRequest)> {
+    let mut questions = vec![first];
+    let deadline = tokio::time::sleep(GATHER_WINDOW);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            biased;
+            Some(event) = running.events.recv() => {
+                if let Translated::Ask(request) = running.translator.translate(event) {
+                    questions.push(request);
+                }
+            }
+            outcome = &mut running.call, if running.early.is_none() => {
+                running.early = Some(outcome);
+            }
+            () = &mut deadline => break,
+        }
+    }
+    questions
+        .into_iter()
+        .map(|q| {
+            running.translator.asked += 1;
+            (format!("input-{}", running.translator.asked), q)
+        })
+        .collect()
 }
 
 /// An SSE answer whose events are all known already.
@@ -442,6 +497,9 @@ enum Translated {
     Skip,
     /// A request a stateless client must answer first: the call pauses.
     Ask(ServerRequest),
+    /// The upstream needs a capability the stateless client did not declare: the call ends
+    /// with -32021 naming it.
+    Missing(&'static str),
 }
 
 /// Turns an upstream's events into messages for the client.
@@ -467,6 +525,7 @@ impl Translator {
                 Translated::Send(bytes) => out.push(bytes),
                 Translated::Skip => {}
                 Translated::Ask(request) => refuse(request, "the call has ended"),
+                Translated::Missing(_) => {}
             }
         }
         out
@@ -489,26 +548,6 @@ impl Translator {
     }
 
     /// The question `first` and any others already queued, under keys for `inputRequests`.
-    fn gather(
-        &mut self,
-        first: ServerRequest,
-        events: &mut mpsc::Receiver<Event>,
-    ) -> Vec<(String, ServerRequest)> {
-        let mut questions = vec![first];
-        while let Ok(event) = events.try_recv() {
-            if let Translated::Ask(request) = self.translate(event) {
-                questions.push(request);
-            }
-        }
-        questions
-            .into_iter()
-            .map(|q| {
-                self.asked += 1;
-                (format!("input-{}", self.asked), q)
-            })
-            .collect()
-    }
-
     /// Progress carries the token the upstream saw; the client gets its own back.
     fn restore_progress(&self, message: Box<RawValue>) -> Box<RawValue> {
         let Some(progress) = &self.progress else {
@@ -538,10 +577,14 @@ impl Translator {
             .as_deref()
             .and_then(|p| serde_json::from_str(p.get()).ok());
         if !self.capabilities.allows(&request.method, params.as_ref()) {
+            let capability = capability_of(&request.method);
             refuse(
                 request,
                 "the client did not declare the capability it needs",
             );
+            if self.stateless.is_some() {
+                return Translated::Missing(capability);
+            }
             return Translated::Skip;
         }
         if self.stateless.is_some() {
@@ -568,6 +611,15 @@ impl Translator {
     }
 }
 
+/// The client capability a server-to-client request needs.
+fn capability_of(method: &str) -> &'static str {
+    match method {
+        "sampling/createMessage" => "sampling",
+        "elicitation/create" => "elicitation",
+        _ => "roots",
+    }
+}
+
 /// Answer an upstream's request with an error saying why no client will.
 fn refuse(request: ServerRequest, why: &str) {
     let _ = request.reply.send(client_error(
@@ -575,6 +627,10 @@ fn refuse(request: ServerRequest, why: &str) {
         &format!("Sluice cannot relay `{}`: {why}", request.method),
     ));
 }
+
+/// How long after a server's first question its other questions still join the same
+/// `InputRequiredResult`.
+const GATHER_WINDOW: Duration = Duration::from_millis(25);
 
 /// How long a call paused for a stateless client's input waits for the retry. The upstream's
 /// own `request_timeout` still bounds the whole call.

@@ -18,11 +18,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::value::RawValue;
-use sluice_conf::HttpTransport;
+use sluice_conf::{HttpTransport, UpstreamEra};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::answer::{MemberScanner, StreamedAnswer};
+use super::stateless;
 use super::{
     Announcements, CallOptions, Event, MAX_MESSAGE_BYTES, Outcome, ServerRequest, UpstreamError,
     UpstreamMessage, cancelled_bytes, client_error, initialize_params, notification_bytes,
@@ -38,6 +39,8 @@ const PROTOCOL_HEADER: &str = "mcp-protocol-version";
 const STREAM_FROM: usize = 32 * 1024;
 /// Pieces of a streamed answer in flight between the upstream and the client.
 const STREAM_CHUNKS: usize = 8;
+/// Rounds of questions one call to a stateless upstream may ask before Sluice gives up.
+const MAX_INPUT_ROUNDS: usize = 16;
 /// How long to wait before opening the upstream's GET stream again after it ended.
 const LISTEN_RETRY: Duration = Duration::from_secs(2);
 
@@ -45,6 +48,8 @@ const LISTEN_RETRY: Duration = Duration::from_secs(2);
 pub struct HttpConnection {
     wire: Arc<Wire>,
     timeout: Duration,
+    /// The era to speak (see [`HttpConnection::new`]).
+    era: UpstreamEra,
     next_id: AtomicU64,
     /// Stops the GET stream listener when the connection goes.
     _listening: DropGuard,
@@ -60,6 +65,27 @@ struct Wire {
     /// The upstream's session id and negotiated protocol version, once initialized.
     session: RwLock<Option<UpstreamSession>>,
     announcements: Arc<Announcements>,
+    /// Calls in flight that can carry events: a request the upstream sends on its GET stream
+    /// (not tied to a call) goes to the only one, if there is only one.
+    in_flight: std::sync::Mutex<std::collections::HashMap<u64, CallOptions>>,
+}
+
+/// Keeps a call in [`Wire::in_flight`] while it runs.
+struct InFlight<'a> {
+    wire: &'a Wire,
+    id: Option<u64>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.wire
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+    }
 }
 
 /// What an answer says about our upstream session.
@@ -73,15 +99,20 @@ enum SessionCheck {
 struct UpstreamSession {
     id: Option<HeaderValue>,
     protocol_version: HeaderValue,
+    /// The upstream speaks the stateless era: no session, `_meta` and headers per request.
+    stateless: bool,
 }
 
 impl HttpConnection {
     /// Build the client; nothing is sent until [`HttpConnection::initialize`].
+    /// `era`: which protocol era to speak (`per_client` servers are always spoken to in
+    /// sessions).
     pub fn new(
         server: Arc<str>,
         config: &HttpTransport,
         timeout: Duration,
         announcements: Arc<Announcements>,
+        era: UpstreamEra,
     ) -> Result<Self, UpstreamError> {
         let (client, url) = build_client(&server, config)?;
         let listen = CancellationToken::new();
@@ -92,8 +123,10 @@ impl HttpConnection {
                 client,
                 session: RwLock::new(None),
                 announcements,
+                in_flight: Default::default(),
             }),
             timeout,
+            era,
             next_id: AtomicU64::new(1),
             _listening: listen.clone().drop_guard(),
             listen,
@@ -104,6 +137,20 @@ impl HttpConnection {
     /// upstream's GET stream for what it announces outside calls (list changes, updates).
     /// Returns the upstream's `initialize` result.
     pub async fn initialize(&self) -> Result<Box<RawValue>, UpstreamError> {
+        match self.era {
+            UpstreamEra::Session => self.initialize_session().await,
+            UpstreamEra::Stateless => self.discover().await,
+            // Sessions first: a server of both eras keeps what only sessions offer (asking
+            // its client mid-call); a server of the new era alone refuses `initialize`.
+            UpstreamEra::Auto => match self.initialize_session().await {
+                Ok(result) => Ok(result),
+                Err(refused) => self.discover().await.map_err(|_| refused),
+            },
+        }
+    }
+
+    /// The session era's handshake.
+    async fn initialize_session(&self) -> Result<Box<RawValue>, UpstreamError> {
         let wire = &self.wire;
         wire.set_session(None);
         let params =
@@ -140,6 +187,7 @@ impl HttpConnection {
             id: session_id,
             protocol_version: HeaderValue::try_from(protocol_version)
                 .map_err(|e| wire.protocol(e.to_string()))?,
+            stateless: false,
         };
         wire.set_session(Some(session.clone()));
         let response = wire
@@ -153,6 +201,8 @@ impl HttpConnection {
         }
         let wire = self.wire.clone();
         let stop = self.listen.child_token();
+        // List changes come on the session's GET stream (a stateless upstream is re-synced on
+        // its `sync_interval`).
         tokio::spawn(async move {
             tokio::select! {
                 () = wire.listen() => {}
@@ -160,6 +210,94 @@ impl HttpConnection {
             }
         });
         Ok(result)
+    }
+
+    /// `server/discover`: the stateless era's handshake, kept for the catalog and the era.
+    async fn discover(&self) -> Result<Box<RawValue>, UpstreamError> {
+        let wire = &self.wire;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let params = stateless::params(None);
+        let body = request_bytes(id, "server/discover", Some(&params));
+        let response = wire.post_stateless(body, "server/discover", None).await?;
+        match wire
+            .read_answer(response, id, &CallOptions::default())
+            .await?
+        {
+            Outcome::Result(result) if stateless::speaks(&result) => {
+                tracing::info!(server = %wire.server, "upstream speaks MCP {}", stateless::VERSION);
+                wire.set_session(Some(UpstreamSession {
+                    id: None,
+                    protocol_version: HeaderValue::from_static(stateless::VERSION),
+                    stateless: true,
+                }));
+                Ok(result)
+            }
+            _ => Err(wire.protocol(format!(
+                "server/discover did not offer MCP {}",
+                stateless::VERSION
+            ))),
+        }
+    }
+
+    /// A request to a stateless upstream. When it answers `input_required`, its questions go
+    /// to the calling client (as requests from a server, which the relay passes on in the
+    /// client's era) and the request is made again with the answers.
+    async fn request_stateless(
+        &self,
+        method: &str,
+        params: Option<&RawValue>,
+        options: &CallOptions,
+    ) -> Result<Outcome, UpstreamError> {
+        let wire = &self.wire;
+        let mut params = stateless::params(params);
+        for _ in 0..MAX_INPUT_ROUNDS {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let name = stateless::name_header(method, Some(&params));
+            let response = wire
+                .post_stateless(
+                    request_bytes(id, method, Some(&params)),
+                    method,
+                    name.as_deref(),
+                )
+                .await?;
+            let outcome = wire.read_answer(response, id, options).await?;
+            let Some(asked) = (match &outcome {
+                Outcome::Result(result) => stateless::input_required(result),
+                _ => None,
+            }) else {
+                return Ok(outcome);
+            };
+            let mut waiting = Vec::new();
+            for (key, asked_method, asked_params) in asked.requests {
+                let (reply, answer) = oneshot::channel();
+                options.deliver(
+                    &wire.server,
+                    Event::Request(ServerRequest {
+                        method: asked_method,
+                        params: asked_params,
+                        reply,
+                    }),
+                );
+                waiting.push((key, answer));
+            }
+            let mut answers = serde_json::Map::new();
+            for (key, answer) in waiting {
+                match answer.await {
+                    Ok(Outcome::Result(result)) => {
+                        answers.insert(key, serde_json::from_str(result.get()).unwrap_or_default());
+                    }
+                    Ok(refused @ Outcome::Error(_)) => return Ok(refused),
+                    _ => {
+                        return Err(wire
+                            .protocol("the client did not answer the upstream's question".into()));
+                    }
+                }
+            }
+            params = stateless::retry(&params, answers, asked.state.as_deref());
+        }
+        Err(wire.protocol(format!(
+            "the upstream asked for input more than {MAX_INPUT_ROUNDS} times"
+        )))
     }
 
     /// End the upstream session (`DELETE` with its id), as a client leaving should.
@@ -197,7 +335,11 @@ impl HttpConnection {
                     self.initialize().await?;
                     continue;
                 };
+                if session.stateless {
+                    return self.request_stateless(method, params, options).await;
+                }
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let _in_flight = wire.track(id, options);
                 let mut guard = CancelOnDrop {
                     wire,
                     id,
@@ -271,6 +413,34 @@ impl Drop for CancelOnDrop<'_> {
 }
 
 impl Wire {
+    /// Track a call that can carry events until the guard is dropped.
+    fn track(&self, id: u64, options: &CallOptions) -> InFlight<'_> {
+        if options.events.is_none() {
+            return InFlight {
+                wire: self,
+                id: None,
+            };
+        }
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, options.clone());
+        InFlight {
+            wire: self,
+            id: Some(id),
+        }
+    }
+
+    /// The options of the only call in flight that can carry events (default otherwise: the
+    /// upstream's request is then answered by Sluice).
+    fn only_call(&self) -> CallOptions {
+        let calls = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        match calls.len() {
+            1 => calls.values().next().cloned().unwrap_or_default(),
+            _ => CallOptions::default(),
+        }
+    }
+
     fn current_session(&self) -> Option<UpstreamSession> {
         self.session
             .read()
@@ -305,6 +475,33 @@ impl Wire {
             }
             _ => SessionCheck::Alive(Box::new(response)),
         }
+    }
+
+    /// POST a stateless-era request with the headers that era asks for.
+    async fn post_stateless(
+        &self,
+        body: Vec<u8>,
+        method: &str,
+        name: Option<&str>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header(ACCEPT, "application/json, text/event-stream")
+            .header(CONTENT_TYPE, "application/json")
+            .header(PROTOCOL_HEADER, stateless::VERSION)
+            .header("mcp-method", method);
+        if let Some(name) = name {
+            request = request.header("mcp-name", name);
+        }
+        request
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                server: self.server.clone(),
+                detail: error_chain(&e),
+            })
     }
 
     async fn post(
@@ -551,7 +748,8 @@ impl Wire {
             let mut events = SseReader::new(response.bytes_stream(), MAX_MESSAGE_BYTES);
             while let Some(Ok(event)) = events.next_event().await {
                 if let Ok(message) = serde_json::from_str::<UpstreamMessage>(&event.data) {
-                    self.route(message, event.data, &CallOptions::default());
+                    let only = self.only_call();
+                    self.route(message, event.data, &only);
                 }
             }
             tokio::time::sleep(LISTEN_RETRY).await;

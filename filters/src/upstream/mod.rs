@@ -19,6 +19,7 @@ pub mod answer;
 pub mod http;
 mod mux;
 pub mod sse;
+pub mod stateless;
 pub mod stdio;
 pub mod supervisor;
 

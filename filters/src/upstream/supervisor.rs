@@ -262,7 +262,12 @@ impl Upstream {
             ),
             // Streamable HTTP runs its own handshake: it must keep the session id it returns.
             Transport::Http(http) => {
-                let conn = HttpConnection::new(self.name.clone(), http, timeout, announcements)?;
+                let era = match self.config.session {
+                    SessionMode::PerClient => sluice_conf::UpstreamEra::Session,
+                    SessionMode::Shared => self.config.era,
+                };
+                let conn =
+                    HttpConnection::new(self.name.clone(), http, timeout, announcements, era)?;
                 let result = conn.initialize().await?;
                 return Ok((Connection::Http(conn), Hello::read(&result)));
             }
