@@ -1052,3 +1052,35 @@ class ListenStream:
     def close(self) -> None:
         self._http.close()
         self._thread.join(1)
+
+
+# --------------------------------------------------------------------------- upstreams of either era (issue 15)
+
+NEW_ERA_SERVER = TESTS / "fixtures" / "new_era_server.py"
+NEW_ERA_TOOLS = {"add", "greet", "who_am_i"}
+
+
+class NewEraServer(ListeningProc):
+    """tests/fixtures/new_era_server.py over Streamable HTTP (official Python SDK): it serves MCP
+    2026-07-28 requests, and the session era too unless `refuse_initialize` (then `initialize`
+    gets HTTP 400 UNSUPPORTED_PROTOCOL_VERSION). Every POSTed message and every round of its
+    `who_am_i` tool land in `self.record` as JSON lines (see the fixture's docstring)."""
+
+    def __init__(self, tmp: Path, name: str = "new-era", refuse_initialize: bool = False):
+        port = free_port()
+        self.record = tmp / f"{name}-record.jsonl"
+        self.record.touch()
+        argv = [str(PYTHON), str(NEW_ERA_SERVER), str(port), str(self.record)]
+        if refuse_initialize:
+            argv.append("--refuse-initialize")
+        super().__init__(name, argv, tmp / f"{name}.log", port)
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+
+    def entries(self, kind: str | None = None) -> list[dict]:
+        """The recorded entries (those of `kind`, `post` or `who_am_i`, if given)."""
+        out = [json.loads(line) for line in self.record.read_text().splitlines() if line.strip()]
+        return [e for e in out if kind is None or e.get("kind") == kind]
+
+    def posts(self, method: str | None = None) -> list[dict]:
+        """The recorded POSTs (those of JSON-RPC `method`, if given)."""
+        return [e for e in self.entries("post") if method is None or e.get("method") == method]
