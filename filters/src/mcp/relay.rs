@@ -171,7 +171,7 @@ pub(super) async fn relay(caller: Caller<'_>, forward: Forward, finish: Finish) 
         server,
         early: None,
     };
-    drive(caller, running, Vec::new()).await
+    drive(caller, running).await
 }
 
 /// Resume a call paused for a stateless client's input: its answers go to the upstream, and
@@ -206,7 +206,7 @@ pub(super) async fn resume(
         // Not every question was answered: ask the rest again.
         return pause.park(caller.request_id, parked.running, missing);
     }
-    drive(caller, parked.running, Vec::new()).await
+    drive(caller, parked.running).await
 }
 
 /// What the next step of a call is.
@@ -230,8 +230,9 @@ async fn next_step(running: &mut Running, cancelled: &super::live::TrackedCall) 
 
 /// Run a call until its answer (JSON, or an SSE stream once there is something to send
 /// first), its cancellation, or a question for a stateless client (which pauses it).
-async fn drive(caller: Caller<'_>, mut running: Running, mut sent: Vec<Bytes>) -> Response {
+async fn drive(caller: Caller<'_>, mut running: Running) -> Response {
     let tracked = caller.live.track_call(caller.session, caller.request_id);
+    let mut sent = Vec::new();
     let id = caller.request_id;
     // Until the upstream sends something to carry, the answer may still be plain JSON.
     loop {

@@ -60,7 +60,6 @@ pub struct Found {
 }
 
 const KEY_LIMIT: usize = 16;
-const IS_ERROR: &[u8] = b"\"isError\":true";
 
 impl MemberScanner {
     pub fn new() -> Self {
@@ -77,35 +76,42 @@ impl MemberScanner {
         self.done
     }
 
-    /// Scan the next chunk.
+    /// Scan the next chunk. Inside strings (most of a tool's text) it jumps from quote to
+    /// backslash with `memchr` rather than looking at every byte.
     pub fn scan(&mut self, chunk: &[u8]) -> Found {
         let mut found = Found {
             starts: None,
             range: None,
             ends: false,
         };
-        let mut start = None;
-        for (i, &b) in chunk.iter().enumerate() {
-            if self.done {
-                break;
-            }
-            if self.in_value.is_some() && start.is_none() {
-                start = Some(i);
-            }
+        let mut start = self.in_value.map(|_| 0);
+        let mut i = 0;
+        while i < chunk.len() && !self.done {
             if self.in_string {
                 if self.escaped {
                     self.escaped = false;
-                } else if b == b'\\' {
-                    self.escaped = true;
-                } else if b == b'"' {
-                    self.in_string = false;
-                    self.in_key = false;
-                } else if self.in_key && self.key.len() < KEY_LIMIT {
-                    self.key.push(b);
+                    i += 1;
+                    continue;
                 }
+                if !self.in_key {
+                    match memchr::memchr2(b'"', b'\\', &chunk[i..]) {
+                        Some(offset) => i += offset,
+                        None => break,
+                    }
+                }
+                match chunk[i] {
+                    b'\\' => self.escaped = true,
+                    b'"' => {
+                        self.in_string = false;
+                        self.in_key = false;
+                    }
+                    b if self.in_key && self.key.len() < KEY_LIMIT => self.key.push(b),
+                    _ => {}
+                }
+                i += 1;
                 continue;
             }
-            match b {
+            match chunk[i] {
                 b'"' => {
                     self.in_string = true;
                     if self.depth == 1 && self.awaiting_value.is_none() && self.in_value.is_none() {
@@ -145,6 +151,7 @@ impl MemberScanner {
                 b',' if self.depth == 1 => self.awaiting_value = None,
                 _ => {}
             }
+            i += 1;
         }
         if let Some(from) = start
             && self.in_value.is_some()
@@ -155,20 +162,34 @@ impl MemberScanner {
         found
     }
 
-    /// Look for `"isError":true` in the value's bytes (inside a JSON string a quote is
-    /// escaped, so these bytes can only be a real member).
+    /// Look for an `"isError": true` member in the value's bytes (inside a JSON string a quote
+    /// is escaped, so these bytes can only be a real member), across piece boundaries too.
     fn note(&mut self, bytes: &[u8]) {
         if self.is_error {
             return;
         }
-        let mut window: Vec<u8> = std::mem::take(&mut self.tail);
-        window.extend(bytes.iter().filter(|b| !b.is_ascii_whitespace()));
-        if window.windows(IS_ERROR.len()).any(|w| w == IS_ERROR) {
+        let mut joint = std::mem::take(&mut self.tail);
+        joint.extend_from_slice(&bytes[..bytes.len().min(TAIL)]);
+        if says_is_error(&joint) || says_is_error(bytes) {
             self.is_error = true;
         }
-        let keep = window.len().saturating_sub(IS_ERROR.len());
-        self.tail = window.split_off(keep);
+        self.tail = bytes[bytes.len().saturating_sub(TAIL)..].to_vec();
     }
+}
+
+/// Bytes kept from the end of one piece to find a member split across two.
+const TAIL: usize = 32;
+
+fn says_is_error(bytes: &[u8]) -> bool {
+    memchr::memmem::find_iter(bytes, b"\"isError\"").any(|at| {
+        let rest = skip_space(&bytes[at + 9..]);
+        rest.first() == Some(&b':') && skip_space(&rest[1..]).starts_with(b"true")
+    })
+}
+
+fn skip_space(bytes: &[u8]) -> &[u8] {
+    let n = bytes.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    &bytes[n..]
 }
 
 #[cfg(test)]
