@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http::StatusCode;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -440,7 +441,7 @@ fn json_stream(id: &RawValue, answer: StreamedAnswer, finisher: Finisher) -> Res
             return Some((Ok(head), state));
         }
         let finisher = state.finisher.take()?;
-        match state.answer.chunks.recv().await {
+        match state.answer.chunks.next().await {
             Some(Ok(bytes)) => {
                 state.finisher = Some(finisher);
                 Some((Ok(bytes), state))
@@ -480,7 +481,7 @@ async fn collect(server: &Arc<str>, mut answer: StreamedAnswer) -> Result<Outcom
         detail,
     };
     let mut value = Vec::new();
-    while let Some(chunk) = answer.chunks.recv().await {
+    while let Some(chunk) = answer.chunks.next().await {
         value.extend_from_slice(&chunk.map_err(protocol)?);
     }
     let value = String::from_utf8(value).map_err(|_| protocol("the answer is not UTF-8".into()))?;

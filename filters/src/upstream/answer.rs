@@ -9,7 +9,6 @@
 use std::ops::Range;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 /// The top-level members whose value is the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,12 +19,19 @@ pub enum Member {
 
 /// An answer whose value arrives in pieces. `chunks` ends after the value's last byte; an
 /// `Err` means the upstream's body broke off (the client's response is then cut short).
-#[derive(Debug)]
 pub struct StreamedAnswer {
     pub member: Member,
-    pub chunks: mpsc::Receiver<Result<Bytes, String>>,
+    pub chunks: futures::stream::BoxStream<'static, Result<Bytes, String>>,
     /// Whether the value said `"isError": true` (known once `chunks` has ended).
     pub is_error: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for StreamedAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamedAnswer")
+            .field("member", &self.member)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Finds the value of `result` or `error` in a JSON object given in chunks.

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::value::RawValue;
 use sluice_conf::{HttpTransport, UpstreamEra};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::answer::{MemberScanner, StreamedAnswer};
@@ -37,8 +37,6 @@ const PROTOCOL_HEADER: &str = "mcp-protocol-version";
 /// JSON answers larger than this (or of unknown length) are passed on as they arrive, for the
 /// calls that allow it.
 const STREAM_FROM: usize = 32 * 1024;
-/// Pieces of a streamed answer in flight between the upstream and the client.
-const STREAM_CHUNKS: usize = 8;
 /// Rounds of questions one call to a stateless upstream may ask before Sluice gives up.
 const MAX_INPUT_ROUNDS: usize = 16;
 /// How long to wait before opening the upstream's GET stream again after it ended.
@@ -584,9 +582,7 @@ impl Wire {
         let mut body = response.bytes_stream();
         let mut scanner = MemberScanner::new();
         let mut skipped = 0usize;
-        let (tx, rx) = mpsc::channel(STREAM_CHUNKS);
-        let is_error = Arc::new(AtomicBool::new(false));
-        let member = loop {
+        let (member, first) = loop {
             let chunk = match body.next().await {
                 Some(Ok(chunk)) => chunk,
                 Some(Err(e)) => {
@@ -598,10 +594,7 @@ impl Wire {
             };
             let found = scanner.scan(&chunk);
             if let Some(member) = found.starts {
-                if let Some(range) = found.range {
-                    let _ = tx.try_send(Ok(chunk.slice(range)));
-                }
-                break member;
+                break (member, found.range.map(|range| chunk.slice(range)));
             }
             skipped += chunk.len();
             if skipped > MAX_MESSAGE_BYTES {
@@ -610,48 +603,47 @@ impl Wire {
                 ));
             }
         };
-        if scanner.is_done() {
-            is_error.store(scanner.is_error(), Ordering::Relaxed);
-        } else {
-            let flag = is_error.clone();
-            tokio::spawn(async move {
-                let mut total = 0usize;
-                let cut = loop {
+        let is_error = Arc::new(AtomicBool::new(scanner.is_error()));
+        // The rest is read as the client's side asks for it: no task, no queue between.
+        let flag = is_error.clone();
+        let rest = futures::stream::unfold(Some((body, scanner, 0usize)), move |state| {
+            let flag = flag.clone();
+            async move {
+                let (mut body, mut scanner, mut total) = state?;
+                loop {
+                    if scanner.is_done() {
+                        flag.store(scanner.is_error(), Ordering::Relaxed);
+                        return None;
+                    }
                     let chunk = match body.next().await {
                         Some(Ok(chunk)) => chunk,
                         Some(Err(e)) => {
-                            break Some(format!(
-                                "the upstream's answer broke off: {}",
-                                error_chain(&e)
-                            ));
+                            let cut =
+                                format!("the upstream's answer broke off: {}", error_chain(&e));
+                            return Some((Err(cut), None));
                         }
-                        None => break Some("the upstream's answer ended early".to_string()),
+                        None => {
+                            let cut = "the upstream's answer ended early".to_string();
+                            return Some((Err(cut), None));
+                        }
                     };
                     total += chunk.len();
                     if total > MAX_MESSAGE_BYTES {
-                        break Some(format!(
+                        let cut = format!(
                             "the upstream's answer is larger than {MAX_MESSAGE_BYTES} bytes"
-                        ));
+                        );
+                        return Some((Err(cut), None));
                     }
-                    let found = scanner.scan(&chunk);
-                    if let Some(range) = found.range
-                        && tx.send(Ok(chunk.slice(range))).await.is_err()
-                    {
-                        return;
+                    if let Some(range) = scanner.scan(&chunk).range {
+                        return Some((Ok(chunk.slice(range)), Some((body, scanner, total))));
                     }
-                    if found.ends {
-                        break None;
-                    }
-                };
-                flag.store(scanner.is_error(), Ordering::Relaxed);
-                if let Some(cut) = cut {
-                    let _ = tx.send(Err(cut)).await;
                 }
-            });
-        }
+            }
+        });
+        let chunks = futures::stream::iter(first.map(Ok)).chain(rest).boxed();
         Ok(Outcome::Streamed(StreamedAnswer {
             member,
-            chunks: rx,
+            chunks,
             is_error,
         }))
     }
