@@ -483,39 +483,40 @@ impl Wire {
         name: Option<&str>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut request = self
-            .client
-            .post(self.url.clone())
-            .header(ACCEPT, "application/json, text/event-stream")
-            .header(CONTENT_TYPE, "application/json")
+            .json_post(body)
             .header(PROTOCOL_HEADER, stateless::VERSION)
             .header("mcp-method", method);
         if let Some(name) = name {
             request = request.header("mcp-name", name);
         }
-        request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| UpstreamError::Connect {
-                server: self.server.clone(),
-                detail: error_chain(&e),
-            })
+        self.send(request).await
     }
 
+    /// POST a message, in the upstream's session if there is one.
     async fn post(
         &self,
         body: Vec<u8>,
         session: Option<&UpstreamSession>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let mut request = self
-            .client
-            .post(self.url.clone())
-            .header(ACCEPT, "application/json, text/event-stream")
-            .header(CONTENT_TYPE, "application/json")
-            .body(body);
+        let mut request = self.json_post(body);
         if let Some(session) = session {
             request = session.apply(request);
         }
+        self.send(request).await
+    }
+
+    fn json_post(&self, body: Vec<u8>) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url.clone())
+            .header(ACCEPT, "application/json, text/event-stream")
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, UpstreamError> {
         request.send().await.map_err(|e| UpstreamError::Connect {
             server: self.server.clone(),
             detail: error_chain(&e),
