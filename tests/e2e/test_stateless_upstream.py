@@ -225,6 +225,18 @@ def test_new_era_client_calls_new_era_upstream(stateless_pair, new_era_client):
     assert_new_era_requests(upstream, {"tools/call"})
 
 
+def test_mcp_param_headers_reach_a_new_era_upstream(stateless_pair, new_era_client):
+    """A new-era client's `Mcp-Param-*` headers (mirrored tool arguments) are passed on."""
+    _, upstream = stateless_pair
+    params = {"name": f"{SERVER}__greet", "arguments": {"name": "Ada"}}
+    response, message = new_era_client.request(
+        "tools/call", params, headers={"Mcp-Param-Name": "Ada"}
+    )
+    assert response.status_code == 200 and "result" in message, message
+    calls = [p for p in upstream.posts() if p.get("method") == "tools/call"]
+    assert calls and calls[-1].get("param_headers") == {"mcp-param-name": "Ada"}, calls[-1:]
+
+
 def test_new_era_client_answers_new_era_upstreams_question(stateless_pair, new_era_client):
     """MRTR on both sides: the upstream's InputRequiredResult reaches the new-era client as an
     InputRequiredResult; the client's retry (its answer and Sluice's requestState) completes it."""

@@ -233,6 +233,7 @@ pub(super) async fn tools_call(
             params: forwarded,
             progress,
             stream_answer: context.stateless.is_none(),
+            param_headers: context.param_headers.clone(),
         },
         Box::new(move |id, ending, elapsed| {
             let (body, work) = tool_answer(id, ending, elapsed, work, era);
@@ -458,6 +459,7 @@ async fn forward_plain(
             params: forwarded,
             progress,
             stream_answer: map_result.is_none() && context.stateless.is_none(),
+            param_headers: context.param_headers.clone(),
         },
         Box::new(move |id, ending, elapsed| {
             let ending = match (ending, &map_result) {

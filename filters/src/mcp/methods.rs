@@ -39,6 +39,8 @@ pub(super) struct Context<'a> {
     pub started: Instant,
     /// What a stateless-era (2026-07-28) request declared; `None` in a session.
     pub stateless: Option<&'a Declared>,
+    /// The request's `Mcp-Param-*` headers (usually none).
+    pub param_headers: Vec<(::http::HeaderName, HeaderValue)>,
 }
 
 impl Context<'_> {

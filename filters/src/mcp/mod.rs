@@ -280,6 +280,7 @@ impl McpEndpoint {
             session: &session,
             started,
             stateless: None,
+            param_headers: Vec::new(),
         };
         Ok(methods::dispatch(&context, &message).await)
     }
@@ -317,6 +318,7 @@ impl McpEndpoint {
             session: &session,
             started,
             stateless: Some(&declared),
+            param_headers: transport::param_headers(headers),
         };
         match message.method.unwrap_or_default() {
             "server/discover" => Ok(methods::discover(self, id)),

@@ -61,6 +61,8 @@ pub(super) struct Forward {
     pub progress: Option<Progress>,
     /// Whether a large answer may be passed on as it arrives (not when it must be changed).
     pub stream_answer: bool,
+    /// The client's `Mcp-Param-*` headers, for a stateless upstream.
+    pub param_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// The client's progress token, and the one the upstream sees instead (unique per call, so
@@ -142,6 +144,7 @@ pub(super) async fn relay(caller: Caller<'_>, forward: Forward, finish: Finish) 
     let options = CallOptions {
         events: Some(events_tx),
         stream_answer: forward.stream_answer,
+        param_headers: forward.param_headers,
         progress_token: forward.progress.as_ref().map(|p| p.upstream.clone()),
         session: Some(caller.session),
         session_expires_at: Some(caller.session_expires_at),

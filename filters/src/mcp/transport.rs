@@ -131,6 +131,15 @@ pub fn check_get_headers(headers: &HeaderMap) -> Result<(), Response> {
     ))
 }
 
+/// The request's `Mcp-Param-*` headers, to pass on to a stateless upstream.
+pub fn param_headers(headers: &HeaderMap) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("mcp-param-"))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
 /// Whether the `MCP-Protocol-Version` header names a version of the stateless era.
 pub fn speaks_stateless_era(headers: &HeaderMap) -> bool {
     headers

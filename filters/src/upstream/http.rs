@@ -216,7 +216,9 @@ impl HttpConnection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let params = stateless::params(None);
         let body = request_bytes(id, "server/discover", Some(&params));
-        let response = wire.post_stateless(body, "server/discover", None).await?;
+        let response = wire
+            .post_stateless(body, "server/discover", None, &[])
+            .await?;
         match wire
             .read_answer(response, id, &CallOptions::default())
             .await?
@@ -256,6 +258,7 @@ impl HttpConnection {
                     request_bytes(id, method, Some(&params)),
                     method,
                     name.as_deref(),
+                    &options.param_headers,
                 )
                 .await?;
             let outcome = wire.read_answer(response, id, options).await?;
@@ -481,6 +484,7 @@ impl Wire {
         body: Vec<u8>,
         method: &str,
         name: Option<&str>,
+        param_headers: &[(HeaderName, HeaderValue)],
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut request = self
             .json_post(body)
@@ -488,6 +492,9 @@ impl Wire {
             .header("mcp-method", method);
         if let Some(name) = name {
             request = request.header("mcp-name", name);
+        }
+        for (header, value) in param_headers {
+            request = request.header(header.clone(), value.clone());
         }
         self.send(request).await
     }

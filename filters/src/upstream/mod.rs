@@ -70,6 +70,9 @@ pub struct CallOptions {
     /// Whether a large JSON answer may come back as [`Outcome::Streamed`] (passed on as it
     /// arrives) instead of being read whole.
     pub stream_answer: bool,
+    /// The client's `Mcp-Param-*` headers, passed on to a stateless upstream (they mirror
+    /// tool arguments that the tool's schema marks with `x-mcp-header`).
+    pub param_headers: Vec<(::http::HeaderName, ::http::HeaderValue)>,
     /// The downstream session the call is made for (the random part of its sealed id), for
     /// servers that keep one upstream session per client.
     pub session: Option<[u8; 16]>,
