@@ -146,7 +146,9 @@ pub(super) async fn relay(caller: Caller<'_>, forward: Forward, finish: Finish) 
         stream_answer: forward.stream_answer,
         param_headers: forward.param_headers,
         progress_token: forward.progress.as_ref().map(|p| p.upstream.clone()),
-        session: Some(caller.session),
+        // A stateless request has no session to give its own upstream session (per_client
+        // servers serve it on their shared one).
+        session: caller.stateless.is_none().then_some(caller.session),
         session_expires_at: Some(caller.session_expires_at),
     };
     let Forward {
