@@ -20,7 +20,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import NODE_MODULES, TESTS, Proc, free_port, require, run_in_group, wait_until
+from harness import NODE_MODULES, TESTS, ListeningProc, free_port, require, run_in_group
 
 CONFORMANCE_VERSION = "0.2.0-alpha.12"
 CONFORMANCE_JS = NODE_MODULES / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
@@ -61,28 +61,14 @@ def node22() -> str:
     raise AssertionError(f"the conformance suite needs Node.js 22 or later: {hint}")
 
 
-class ConformanceServer(Proc):
+class ConformanceServer(ListeningProc):
     """tests/fixtures/conformance_server.mjs on 127.0.0.1; its endpoint is `self.url`."""
 
     def __init__(self, tmp: Path, name: str = "conformance-fixture"):
-        self.port = free_port()
+        port = free_port()
         require(NODE_MODULES / "@modelcontextprotocol" / "sdk" / "package.json")
-        super().__init__(name, [node22(), str(FIXTURE), str(self.port)], tmp / f"{name}.log")
+        super().__init__(name, [node22(), str(FIXTURE), str(port)], tmp / f"{name}.log", port)
         self.url = f"http://127.0.0.1:{self.port}/mcp"
-        try:
-            wait_until(self._listening, 30, f"{name} to listen on port {self.port}")
-        except BaseException:
-            self.stop()
-            raise
-
-    def _listening(self) -> bool:
-        if not self.alive():
-            raise RuntimeError(f"{self.name} exited early:\n{self.log()}")
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
-        except OSError:
-            return False
 
 
 @dataclass

@@ -267,25 +267,19 @@ class Proc:
 # --------------------------------------------------------------------------- upstreams
 
 
-class EverythingHttp(Proc):
-    """server-everything in Streamable HTTP mode; its endpoint is `self.url`."""
+class ListeningProc(Proc):
+    """A server process that listens on `self.port` (127.0.0.1); ready once it accepts."""
 
-    def __init__(self, tmp: Path, name: str = "everything-http"):
-        self.port = free_port()
-        super().__init__(
-            name,
-            [node(), str(require(EVERYTHING_JS)), "streamableHttp"],
-            tmp / f"{name}.log",
-            env={"PORT": str(self.port)},
-        )
-        self.url = f"http://127.0.0.1:{self.port}/mcp"
+    def __init__(self, name: str, argv: list[str], log_path: Path, port: int, env: dict[str, str] | None = None):
+        self.port = port
+        super().__init__(name, argv, log_path, env=env)
         try:
-            wait_until(self._listening, 30, f"{name} to listen on port {self.port}")
+            wait_until(self._accepts, 30, f"{name} to listen on port {port}")
         except BaseException:
             self.stop()
             raise
 
-    def _listening(self) -> bool:
+    def _accepts(self) -> bool:
         if not self.alive():
             raise RuntimeError(f"{self.name} exited early:\n{self.log()}")
         try:
@@ -293,6 +287,16 @@ class EverythingHttp(Proc):
             return True
         except OSError:
             return False
+
+
+class EverythingHttp(ListeningProc):
+    """server-everything in Streamable HTTP mode; its endpoint is `self.url`."""
+
+    def __init__(self, tmp: Path, name: str = "everything-http"):
+        port = free_port()
+        super().__init__(name, [node(), str(require(EVERYTHING_JS)), "streamableHttp"], tmp / f"{name}.log", port,
+                         env={"PORT": str(port)})
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
 
 
 def stdio_everything() -> dict:
@@ -720,28 +724,6 @@ def wire(model: Any) -> Any:
 
 LIVE_SERVER = TESTS / "fixtures" / "live_server.py"
 STATEFUL_SERVER = TESTS / "fixtures" / "stateful_server.py"
-
-
-class ListeningProc(Proc):
-    """A server process that listens on `self.port` (127.0.0.1); ready once it accepts."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, port: int, env: dict[str, str] | None = None):
-        self.port = port
-        super().__init__(name, argv, log_path, env=env)
-        try:
-            wait_until(self._accepts, 30, f"{name} to listen on port {port}")
-        except BaseException:
-            self.stop()
-            raise
-
-    def _accepts(self) -> bool:
-        if not self.alive():
-            raise RuntimeError(f"{self.name} exited early:\n{self.log()}")
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
-        except OSError:
-            return False
 
 
 class EverythingSse(ListeningProc):
