@@ -421,4 +421,40 @@ mod tests {
         let err = parse_str("listen: [{address: 127.0.0.1:1}]\nmcp:\n  servers:\n    - name: a\n      stdio: {command: x}\n    - name: a\n      stdio: {command: y}\n").unwrap_err();
         assert!(err.message.contains("used twice"), "{err}");
     }
+
+    #[test]
+    fn transports_eras_and_session_modes_are_checked() {
+        let server = |body: &str| {
+            parse_str(&format!(
+                "listen: [{{address: 127.0.0.1:1}}]\nmcp:\n  servers:\n    - name: a\n{body}"
+            ))
+        };
+        let ok = server("      sse: {url: http://h/sse}\n      session: per_client\n").unwrap();
+        assert!(matches!(ok.mcp.servers[0].transport(), Transport::Sse(_)));
+        assert_eq!(ok.mcp.servers[0].session, SessionMode::PerClient);
+        let ok = server("      http: {url: http://h/mcp}\n      era: stateless\n").unwrap();
+        assert_eq!(ok.mcp.servers[0].era, UpstreamEra::Stateless);
+        for (body, says) in [
+            (
+                "      http: {url: http://h/mcp}\n      sse: {url: http://h/sse}\n",
+                "more than one",
+            ),
+            (
+                "      stdio: {command: x}\n      session: per_client\n",
+                "per_client",
+            ),
+            (
+                "      sse: {url: http://h/sse}\n      era: stateless\n",
+                "era: stateless",
+            ),
+            (
+                "      http: {url: http://h/mcp}\n      era: stateless\n      session: per_client\n",
+                "needs sessions",
+            ),
+            ("      sse: {url: ftp://h/sse}\n", "http://"),
+        ] {
+            let err = server(body).unwrap_err();
+            assert!(err.message.contains(says), "{body}: {err}");
+        }
+    }
 }
