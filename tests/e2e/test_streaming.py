@@ -24,17 +24,22 @@ SAMPLED_TEXT = "sampled answer from the e2e client 7f3a"
 ELICITED_NAME = "Ada Lovelace e2e"
 
 
-@pytest.fixture(scope="module", params=["http", "sse"])
+@pytest.fixture(scope="module", params=["http", "sse", "sse-found-by-probe"])
 def everything_gateway(request, e2e_tmp) -> Iterator[Gateway]:
-    """A Sluice fronting a fresh server-everything over the parametrized upstream transport."""
+    """A Sluice fronting a fresh server-everything over the parametrized upstream transport;
+    `sse-found-by-probe` configures the SSE server as `http:` and lets Sluice fall back to the
+    HTTP+SSE transport when the POST is refused (issue 15)."""
     tmp = e2e_tmp / f"streaming-{request.param}"
     tmp.mkdir(parents=True, exist_ok=True)
     if request.param == "http":
         upstream = EverythingHttp(tmp, name="everything-http-streaming")
         spec = http_upstream(upstream.url)
-    else:
+    elif request.param == "sse":
         upstream = EverythingSse(tmp, name="everything-sse-streaming")
         spec = sse_upstream(upstream.url)
+    else:
+        upstream = EverythingSse(tmp, name="everything-sse-probed")
+        spec = http_upstream(upstream.url)
     try:
         gw = Gateway(tmp, {PREFIX: {**spec, "request_timeout": "60s"}}, name=f"sluice-streaming-{request.param}")
     except BaseException:
@@ -43,6 +48,13 @@ def everything_gateway(request, e2e_tmp) -> Iterator[Gateway]:
     yield gw
     gw.stop()
     upstream.stop()
+
+
+def test_http_server_that_refuses_posts_is_spoken_to_over_sse(everything_gateway, request):
+    """Only an `http:` server that refuses the POST is probed for the HTTP+SSE transport."""
+    probed = "probe" in request.node.callspec.id
+    log = everything_gateway.log()
+    assert ("upstream speaks the HTTP+SSE transport" in log) == probed, log[-2000:]
 
 
 def text_of(result) -> str:

@@ -266,10 +266,40 @@ impl Upstream {
                     SessionMode::PerClient => sluice_conf::UpstreamEra::Session,
                     SessionMode::Shared => self.config.era,
                 };
-                let conn =
-                    HttpConnection::new(self.name.clone(), http, timeout, announcements, era)?;
-                let result = conn.initialize().await?;
-                return Ok((Connection::Http(conn), Hello::read(&result)));
+                let conn = HttpConnection::new(
+                    self.name.clone(),
+                    http,
+                    timeout,
+                    announcements.clone(),
+                    era,
+                )?;
+                match conn.initialize().await {
+                    Ok(result) => return Ok((Connection::Http(conn), Hello::read(&result))),
+                    // A server that refuses the POST may speak the 2024-11-05 HTTP+SSE
+                    // transport at the same URL (the specification's backward compatibility).
+                    Err(
+                        refused @ UpstreamError::Http {
+                            status: 400 | 404 | 405,
+                            ..
+                        },
+                    ) if era == sluice_conf::UpstreamEra::Auto => {
+                        match SseConnection::connect(
+                            self.name.clone(),
+                            http,
+                            timeout,
+                            announcements,
+                        )
+                        .await
+                        {
+                            Ok(sse) => {
+                                tracing::info!(server = %self.name, "upstream speaks the HTTP+SSE transport (2024-11-05)");
+                                Connection::Sse(sse)
+                            }
+                            Err(_) => return Err(refused),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
         let params =
