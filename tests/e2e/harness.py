@@ -906,6 +906,8 @@ def mcp_name_of(method: str, params: dict | None) -> str | None:
         return params.get("name")
     if method == "resources/read":
         return params.get("uri")
+    if method in ("tasks/get", "tasks/update", "tasks/cancel"):
+        return params.get("taskId")
     return None
 
 

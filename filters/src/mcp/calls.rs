@@ -262,8 +262,13 @@ fn tool_answer(
             };
             let body = match era {
                 Era::Session => jsonrpc::result_bytes(id, result.get()),
-                Era::Stateless { cacheable } => {
-                    jsonrpc::result_bytes(id, &modern::complete(result.get(), cacheable))
+                Era::Stateless { cacheable, tasks } => {
+                    // A task of the tasks extension gets an id sealed for this caller.
+                    let server = work.server.clone().unwrap_or_default();
+                    let result =
+                        TaskIds::rewrite(result.get(), |task| Some(tasks.seal(&server, task)))
+                            .unwrap_or_else(|| result.get().to_string());
+                    jsonrpc::result_bytes(id, &modern::complete(&result, cacheable))
                 }
             };
             (body, work)
@@ -329,12 +334,14 @@ fn tool_answer(
 }
 
 /// How an answer is written for the caller's protocol era.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 enum Era {
     Session,
-    /// 2026-07-28: results say their type, and reads say how long they may be cached.
+    /// 2026-07-28: results say their type, reads say how long they may be cached, and task
+    /// ids are sealed for the caller.
     Stateless {
         cacheable: bool,
+        tasks: TaskIds,
     },
 }
 
@@ -344,9 +351,122 @@ impl Era {
             None => Era::Session,
             Some(_) => Era::Stateless {
                 cacheable: method == "resources/read",
+                tasks: TaskIds::of(context),
             },
         }
     }
+}
+
+/// Task ids of the tasks extension as the client sees them: the server and its task id,
+/// sealed for the caller's key, so that any instance can route a `tasks/*` request and no
+/// other key can use it.
+#[derive(Clone)]
+struct TaskIds {
+    sealer: Arc<crate::session::Sessions>,
+    key: Arc<str>,
+}
+
+const TASK_PURPOSE: u8 = b'T';
+
+impl TaskIds {
+    fn of(context: &Context<'_>) -> Self {
+        TaskIds {
+            sealer: context.endpoint.sessions.clone(),
+            key: context.caller.name.clone(),
+        }
+    }
+
+    fn seal(&self, server: &str, task: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut body = Sha256::digest(self.key.as_bytes())[..8].to_vec();
+        body.push(server.len().min(255) as u8);
+        body.extend_from_slice(&server.as_bytes()[..server.len().min(255)]);
+        body.extend_from_slice(task.as_bytes());
+        self.sealer.seal(TASK_PURPOSE, &body)
+    }
+
+    /// The server and its task id, if `sealed` is genuine and this key's.
+    fn open(&self, sealed: &str) -> Option<(String, String)> {
+        use sha2::{Digest, Sha256};
+        let body = self.sealer.unseal(TASK_PURPOSE, sealed)?;
+        if body.len() < 9 || body[..8] != Sha256::digest(self.key.as_bytes())[..8] {
+            return None;
+        }
+        let len = body[8] as usize;
+        let server = String::from_utf8(body.get(9..9 + len)?.to_vec()).ok()?;
+        let task = String::from_utf8(body.get(9 + len..)?.to_vec()).ok()?;
+        Some((server, task))
+    }
+
+    /// `result` with its top-level `taskId` replaced by `map`.
+    fn rewrite(result: &str, map: impl FnOnce(&str) -> Option<String>) -> Option<String> {
+        if !result.contains("\"taskId\"") {
+            return None;
+        }
+        let mut value: Value = serde_json::from_str(result).ok()?;
+        let task = value.get("taskId")?.as_str()?.to_string();
+        value["taskId"] = Value::String(map(&task)?);
+        Some(value.to_string())
+    }
+}
+
+/// `tasks/get`, `tasks/update`, `tasks/cancel` (the tasks extension, 2026-07-28): the sealed
+/// task id names the server and its own id; the answer's id is sealed again.
+pub(super) async fn task(
+    context: &Context<'_>,
+    id: &RawValue,
+    method: &str,
+    params: Option<&RawValue>,
+) -> Response {
+    let mut params = match object_params(id, method, params) {
+        Ok(p) => p,
+        Err(body) => return Response::json(http::StatusCode::OK, body),
+    };
+    let tasks = TaskIds::of(context);
+    let Some(sealed) = params
+        .get("taskId")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        return invalid(id, format!("{method} needs params with the `taskId`"));
+    };
+    let Some((server, task)) = tasks.open(&sealed) else {
+        return invalid(
+            id,
+            format!("unknown task `{sealed}`: not a task id Sluice gave this key"),
+        );
+    };
+    let Some(upstream) = context.endpoint.upstreams().get(&server) else {
+        return invalid(
+            id,
+            format!("task `{sealed}` belongs to a server that is no longer configured"),
+        );
+    };
+    params.insert("taskId".into(), Value::String(task));
+    let Ok(forwarded) = serde_json::value::to_raw_value(&params) else {
+        return invalid(id, "cannot encode params".into());
+    };
+    let body = match upstream.request(method, Some(&forwarded)).await {
+        Ok(Outcome::Result(result)) => {
+            let result = TaskIds::rewrite(result.get(), |_| Some(sealed.clone()))
+                .unwrap_or_else(|| result.get().to_string());
+            jsonrpc::result_bytes(id, &modern::complete(&result, false))
+        }
+        Ok(Outcome::Error(error)) => jsonrpc::error_object_bytes(Some(id), error.get()),
+        Ok(Outcome::Streamed(_)) => jsonrpc::error_bytes(
+            Some(id),
+            code::INTERNAL_ERROR,
+            "the upstream's answer came in pieces",
+            None,
+        ),
+        Err(e) => jsonrpc::error_bytes(
+            Some(id),
+            code::INTERNAL_ERROR,
+            &e.to_string(),
+            Some(&serde_json::json!({ "server": e.server() })),
+        ),
+    };
+    Response::json(http::StatusCode::OK, body)
 }
 
 /// Whether the caller may read the resource clients call `uri`.

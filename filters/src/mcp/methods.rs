@@ -110,7 +110,7 @@ pub(super) fn discover(endpoint: &McpEndpoint, id: &RawValue) -> Response {
     let result = serde_json::json!({
         "resultType": "complete",
         "supportedVersions": versions,
-        "capabilities": server_capabilities(),
+        "capabilities": stateless_capabilities(),
         "instructions": instructions(&catalog),
         "ttlMs": 0,
         "cacheScope": "private",
@@ -196,6 +196,14 @@ pub(super) fn listen(context: &Context<'_>, id: &RawValue, params: Option<&RawVa
         subscriber,
         Some(crate::sse::message_event(ack.to_string().as_bytes())),
     )
+}
+
+/// What Sluice serves a stateless client: the same, and the tasks extension (relayed to the
+/// upstreams that offer it).
+fn stateless_capabilities() -> serde_json::Value {
+    let mut capabilities = serde_json::to_value(server_capabilities()).unwrap_or_default();
+    capabilities["extensions"] = serde_json::json!({ modern::TASKS_EXTENSION: {} });
+    capabilities
 }
 
 /// What Sluice serves, whatever the upstreams behind it: lists change as upstreams come and go.

@@ -25,6 +25,8 @@ pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 pub const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 pub const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
+/// The tasks extension: relayed between clients and upstreams that both declare it.
+pub const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
 pub const METHOD_HEADER: &str = "mcp-method";
 pub const NAME_HEADER: &str = "mcp-name";
 
@@ -61,6 +63,8 @@ struct Params<'a> {
     name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     uri: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "taskId")]
+    task_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -160,6 +164,9 @@ pub fn check(headers: &HeaderMap, message: &Message<'_>) -> Result<Declared, Res
     let named = match method {
         "tools/call" | "prompts/get" => params.as_ref().and_then(|p| p.name.as_deref()),
         "resources/read" => params.as_ref().and_then(|p| p.uri.as_deref()),
+        "tasks/get" | "tasks/update" | "tasks/cancel" => {
+            params.as_ref().and_then(|p| p.task_id.as_deref())
+        }
         _ => None,
     };
     if let Some(named) = named {

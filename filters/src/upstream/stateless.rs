@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 /// The stateless version Sluice speaks upstream.
 pub const VERSION: &str = "2026-07-28";
+const CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 
 /// The `_meta` every stateless request of Sluice's carries: its version, and every client
 /// capability (Sluice relays the questions to its own client, or answers them itself).
@@ -35,8 +36,18 @@ pub fn params(params: Option<&RawValue>) -> Box<RawValue> {
         Some(Value::Object(m)) => m,
         _ => Map::new(),
     };
+    // Extensions the client declared (the tasks extension) stay declared upstream.
+    let extensions = meta_object
+        .get(CAPABILITIES)
+        .and_then(|c| c.get("extensions"))
+        .cloned();
     if let Value::Object(ours) = meta() {
         meta_object.extend(ours);
+    }
+    if let (Some(extensions), Some(Value::Object(capabilities))) =
+        (extensions, meta_object.get_mut(CAPABILITIES))
+    {
+        capabilities.insert("extensions".into(), extensions);
     }
     object.insert("_meta".into(), Value::Object(meta_object));
     serde_json::value::to_raw_value(&object).unwrap_or_else(|_| RawValue::NULL.to_owned())
@@ -47,6 +58,7 @@ pub fn name_header(method: &str, params: Option<&RawValue>) -> Option<String> {
     let field = match method {
         "tools/call" | "prompts/get" => "name",
         "resources/read" => "uri",
+        "tasks/get" | "tasks/update" | "tasks/cancel" => "taskId",
         _ => return None,
     };
     let value: Value = serde_json::from_str(params?.get()).ok()?;
