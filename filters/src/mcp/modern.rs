@@ -239,7 +239,8 @@ pub fn result_head(cacheable: bool) -> &'static str {
 }
 
 /// A result of a session-era upstream as a new-era client reads it: `resultType` (and the
-/// caching hints) added at the front, unless the upstream already speaks the new era.
+/// caching hints) and Sluice's `serverInfo` in `_meta` added, unless the upstream already
+/// speaks the new era.
 pub fn complete(result: &str, cacheable: bool) -> String {
     let trimmed = result.trim_start();
     let Some(rest) = trimmed.strip_prefix('{') else {
@@ -248,15 +249,50 @@ pub fn complete(result: &str, cacheable: bool) -> String {
     if top_level_has(result, "resultType") {
         return result.to_string();
     }
+    if top_level_has(result, "_meta") {
+        return complete_with_meta(result, cacheable).unwrap_or_else(|| result.to_string());
+    }
     let head = result_head(cacheable);
-    let mut out = String::with_capacity(result.len() + head.len() + 2);
+    let info = server_info_meta();
+    let mut out = String::with_capacity(result.len() + head.len() + info.len() + 4);
     out.push('{');
     out.push_str(head);
+    out.push(',');
+    out.push_str(info);
     if !rest.trim_start().starts_with('}') {
         out.push(',');
     }
     out.push_str(rest);
     out
+}
+
+/// `"_meta":{"io.modelcontextprotocol/serverInfo":{...}}`, written once.
+fn server_info_meta() -> &'static str {
+    static META: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    META.get_or_init(|| {
+        format!(
+            "\"_meta\":{{\"{META_SERVER_INFO}\":{{\"name\":\"sluice\",\"version\":\"{}\"}}}}",
+            env!("CARGO_PKG_VERSION")
+        )
+    })
+}
+
+/// [`complete`] for a result that has a `_meta` of its own: Sluice's `serverInfo` joins it.
+fn complete_with_meta(result: &str, cacheable: bool) -> Option<String> {
+    let mut object: serde_json::Map<String, Value> = serde_json::from_str(result).ok()?;
+    let head: serde_json::Map<String, Value> =
+        serde_json::from_str(&format!("{{{}}}", result_head(cacheable))).ok()?;
+    let info: serde_json::Map<String, Value> =
+        serde_json::from_str(&format!("{{{}}}", server_info_meta())).ok()?;
+    if let (Some(Value::Object(meta)), Some(Value::Object(ours))) =
+        (object.get_mut("_meta"), info.get("_meta"))
+    {
+        for (k, v) in ours {
+            meta.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    object.extend(head);
+    serde_json::to_string(&object).ok()
 }
 
 /// Whether a JSON object has `key` among its own members (cheap check on the raw text first).
@@ -349,11 +385,20 @@ mod tests {
 
     #[test]
     fn completes_results() {
-        assert_eq!(complete("{}", false), r#"{"resultType":"complete"}"#);
+        let info = server_info_meta();
+        assert_eq!(
+            complete("{}", false),
+            format!(r#"{{"resultType":"complete",{info}}}"#)
+        );
         assert_eq!(
             complete(r#"{"content":[]}"#, false),
-            r#"{"resultType":"complete","content":[]}"#
+            format!(r#"{{"resultType":"complete",{info},"content":[]}}"#)
         );
+        let with_meta: Value =
+            serde_json::from_str(&complete(r#"{"content":[],"_meta":{"a":1}}"#, true)).unwrap();
+        assert_eq!(with_meta["_meta"]["a"], 1);
+        assert_eq!(with_meta["_meta"][META_SERVER_INFO]["name"], "sluice");
+        assert_eq!(with_meta["cacheScope"], "private");
         assert_eq!(
             complete(r#"{"resultType":"input_required"}"#, false),
             r#"{"resultType":"input_required"}"#
