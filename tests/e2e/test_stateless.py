@@ -106,6 +106,7 @@ def test_lists_and_call_of_a_legacy_stdio_upstream(client, gw):
     assert response.status_code == 200, f"HTTP {response.status_code} {message}"
     result = message["result"]
     assert result.get("resultType") == "complete", result
+    assert result.get("_meta", {}).get("io.modelcontextprotocol/serverInfo", {}).get("name") == "sluice", result
     assert "Echo: stateless hello" in text_of(result), result
     assert "mcp-session-id" not in response.headers, dict(response.headers)
 
