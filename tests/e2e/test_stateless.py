@@ -270,6 +270,23 @@ def test_listen_acknowledges_and_reports_a_new_server_on_reload(tmp_path):
         gw.stop()
 
 
+def test_listen_to_a_resource_subscribes_the_upstream(gw, client):
+    """`resourceSubscriptions` of a listen stream subscribe the (session-era) upstream, so its
+    `resources/updated` reach the stream, tagged and under the URI the client knows."""
+    uri = client.result("resources/list")["resources"][0]["uri"]
+    stream = ListenStream(client, {"resourceSubscriptions": [uri]})
+    try:
+        ack = stream.wait_for("notifications/subscriptions/acknowledged", 10)
+        assert ack["params"]["notifications"].get("resourceSubscriptions") == [uri], ack
+        client.result("tools/call", {"name": "everything__toggle-subscriber-updates", "arguments": {}})
+        updated = stream.wait_for("notifications/resources/updated", 30)
+        assert updated["params"]["uri"] == uri, updated
+        assert updated["params"].get("_meta", {}).get(META_SUBSCRIPTION), updated
+    finally:
+        client.result("tools/call", {"name": "everything__toggle-subscriber-updates", "arguments": {}})
+        stream.close()
+
+
 # --------------------------------------------------------------------------- two instances
 
 

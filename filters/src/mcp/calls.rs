@@ -822,6 +822,52 @@ pub(super) async fn complete(
     .await
 }
 
+/// Subscribe the upstreams of `uris` (as clients know them) for a `subscriptions/listen`
+/// stream tagged `tag`, and give back what unsubscribes them when the stream ends (unless
+/// another subscriber on this instance still wants a URI).
+pub(super) fn listen_to_resources(
+    context: &Context<'_>,
+    tag: crate::mcp::live::SessionTag,
+    uris: &std::collections::HashSet<String>,
+) -> Box<dyn FnOnce() + Send> {
+    let mut held = Vec::new();
+    for uri in uris {
+        let Ok(resolved) = resolve_uri(context, uri) else {
+            continue;
+        };
+        if context.endpoint.live.subscribe(tag, uri).is_err() {
+            continue;
+        }
+        let upstream = resolved.upstream.clone();
+        let upstream_uri = resolved.upstream_uri.clone();
+        tokio::spawn(async move {
+            if let Ok(params) =
+                serde_json::value::to_raw_value(&serde_json::json!({ "uri": upstream_uri }))
+            {
+                let _ = upstream.request("resources/subscribe", Some(&params)).await;
+            }
+        });
+        held.push((uri.clone(), resolved.upstream, resolved.upstream_uri));
+    }
+    let live = context.endpoint.live.clone();
+    Box::new(move || {
+        for (uri, upstream, upstream_uri) in held {
+            if live.unsubscribe(tag, &uri) {
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(params) =
+                    serde_json::value::to_raw_value(&serde_json::json!({ "uri": upstream_uri }))
+                {
+                    let _ = upstream
+                        .request("resources/unsubscribe", Some(&params))
+                        .await;
+                }
+            });
+        }
+    })
+}
+
 /// `resources/subscribe` and `unsubscribe`: the session's subscriptions are kept here (its
 /// GET stream delivers the updates); the upstream is subscribed while any session is.
 pub(super) async fn subscribe(

@@ -181,6 +181,7 @@ pub(super) fn listen(context: &Context<'_>, id: &RawValue, params: Option<&RawVa
         "method": "notifications/subscriptions/acknowledged",
         "params": { "_meta": { META_SUBSCRIPTION: tag }, "notifications": honored },
     });
+    let on_close = calls::listen_to_resources(context, context.session.nonce, &uris);
     let subscriber = Subscriber {
         lists: [
             wanted.tools_list_changed,
@@ -189,6 +190,7 @@ pub(super) fn listen(context: &Context<'_>, id: &RawValue, params: Option<&RawVa
         ],
         uris: Uris::Listed(uris),
         tag: Some(id.get().to_string()),
+        on_close: Some(on_close),
     };
     stream::open(
         context.endpoint,

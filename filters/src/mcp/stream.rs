@@ -65,6 +65,8 @@ pub(super) struct Subscriber {
     pub uris: Uris,
     /// The `subscriptions/listen` request id (raw JSON) that tags every message.
     pub tag: Option<String>,
+    /// Runs when the stream ends (a listen stream's upstream subscriptions are released).
+    pub on_close: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// Where the subscribed resource URIs are kept.
@@ -82,6 +84,7 @@ impl Subscriber {
             lists: [true; 3],
             uris: Uris::Session(session),
             tag: None,
+            on_close: None,
         }
     }
 
@@ -144,9 +147,16 @@ pub(super) fn open(
     // An empty first event tells the client the stream is open.
     let _ = out.try_send(first.unwrap_or_else(sse::keep_alive));
     let open = endpoint.services.metrics.notification_streams.clone();
+    let mut subscriber = subscriber;
+    let on_close = subscriber.on_close.take();
     tokio::spawn(async move {
         open.inc();
-        let _open = scopeguard(move || open.dec());
+        let _open = scopeguard(move || {
+            open.dec();
+            if let Some(release) = on_close {
+                release();
+            }
+        });
         let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
         keep_alive.tick().await;
         loop {
