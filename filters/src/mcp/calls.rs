@@ -446,12 +446,24 @@ pub(super) async fn task(
     let Ok(forwarded) = serde_json::value::to_raw_value(&params) else {
         return invalid(id, "cannot encode params".into());
     };
-    let body = match upstream.request(method, Some(&forwarded)).await {
-        Ok(Outcome::Result(result)) => {
-            let result = TaskIds::rewrite(result.get(), |_| Some(sealed.clone()))
-                .unwrap_or_else(|| result.get().to_string());
-            jsonrpc::result_bytes(id, &modern::complete(&result, false))
-        }
+    let outcome = upstream.request(method, Some(&forwarded)).await;
+    let body = plain_answer(id, outcome, |result| {
+        let result = TaskIds::rewrite(result, |_| Some(sealed.clone()))
+            .unwrap_or_else(|| result.to_string());
+        modern::complete(&result, false)
+    });
+    Response::json(http::StatusCode::OK, body)
+}
+
+/// The answer to a request forwarded without the relay: the upstream's result (through `map`)
+/// or error, or Sluice's error naming the server.
+fn plain_answer(
+    id: &RawValue,
+    outcome: Result<Outcome, crate::upstream::UpstreamError>,
+    map: impl FnOnce(&str) -> String,
+) -> Vec<u8> {
+    match outcome {
+        Ok(Outcome::Result(result)) => jsonrpc::result_bytes(id, &map(result.get())),
         Ok(Outcome::Error(error)) => jsonrpc::error_object_bytes(Some(id), error.get()),
         Ok(Outcome::Streamed(_)) => jsonrpc::error_bytes(
             Some(id),
@@ -465,8 +477,7 @@ pub(super) async fn task(
             &e.to_string(),
             Some(&serde_json::json!({ "server": e.server() })),
         ),
-    };
-    Response::json(http::StatusCode::OK, body)
+    }
 }
 
 /// Whether the caller may read the resource clients call `uri`.
@@ -918,26 +929,11 @@ pub(super) async fn subscribe(
         session_expires_at: Some(context.session.expires_at),
         ..CallOptions::default()
     };
-    match resolved
+    let outcome = resolved
         .upstream
         .call(method, Some(&upstream_params), &options)
-        .await
-    {
-        Ok(Outcome::Result(result)) => jsonrpc::result_bytes(id, result.get()),
-        Ok(Outcome::Error(error)) => jsonrpc::error_object_bytes(Some(id), error.get()),
-        Ok(Outcome::Streamed(_)) => jsonrpc::error_bytes(
-            Some(id),
-            code::INTERNAL_ERROR,
-            "the upstream's answer came in pieces",
-            None,
-        ),
-        Err(e) => jsonrpc::error_bytes(
-            Some(id),
-            code::INTERNAL_ERROR,
-            &e.to_string(),
-            Some(&serde_json::json!({ "server": e.server() })),
-        ),
-    }
+        .await;
+    plain_answer(id, outcome, str::to_string)
 }
 
 /// `logging/setLevel`: passed on to every upstream (in the background; an upstream without
