@@ -18,9 +18,9 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import httpx
 import yaml
@@ -788,9 +788,60 @@ def sse_events(lines: "Iterator[str]") -> "Iterator[dict]":
         yield json.loads("\n".join(data))
 
 
-class NotificationStream:
+@contextmanager
+def fronted(upstream: Proc, start_gateway: Callable[[], "Gateway"]) -> Iterator["Gateway"]:
+    """A gateway in front of a running `upstream`: both are stopped at the end, and the upstream
+    also when the gateway fails to start."""
+    try:
+        gw = start_gateway()
+    except BaseException:
+        upstream.stop()
+        raise
+    try:
+        yield gw
+    finally:
+        gw.stop()
+        upstream.stop()
+
+
+class StreamReader:
+    """What a stream read in a background thread offers the tests: its JSON-RPC messages
+    (`self.messages`), waiting for one, and closing. Subclasses set `_thread`, `_http`,
+    `status`, `error` and `what` (the stream's name in failures)."""
+
+    what = "stream"
+    messages: list[dict]
+
+    def methods(self) -> list[str]:
+        return [m.get("method", "") for m in self.messages]
+
+    def wait_for(self, method: str, timeout: float, after: int = 0) -> dict:
+        """The first message with `method` at index >= `after`, waiting up to `timeout` s."""
+
+        def found():
+            for m in self.messages[after:]:
+                if m.get("method") == method:
+                    return m
+            if not self._thread.is_alive():
+                raise AssertionError(
+                    f"the {self.what} ended (HTTP {self.status}, {self.error!r}) before {method}; got {self.messages}"
+                )
+            return None
+
+        return wait_until(found, timeout, f"{method} on the {self.what} (got {self.methods()})")
+
+    def close(self) -> None:
+        """Stop reading. A read blocked in the background thread may only end when the
+        gateway closes the stream (e.g. when it stops); the thread is a daemon either way."""
+        self._http.close()
+        self._thread.join(1)
+
+
+class NotificationStream(StreamReader):
     """A raw `GET /mcp` notification stream of `client`'s session, read in a background
     thread; every JSON-RPC message it carries is appended to `self.messages`."""
+
+    what = "GET stream"
 
     def __init__(self, client: "RawMcp"):
         self.messages: list[dict] = []
@@ -828,27 +879,6 @@ class NotificationStream:
         finally:
             self._opened.set()
 
-    def methods(self) -> list[str]:
-        return [m.get("method", "") for m in self.messages]
-
-    def wait_for(self, method: str, timeout: float, after: int = 0) -> dict:
-        """The first message with `method` at index >= `after`, waiting up to `timeout` s."""
-
-        def found():
-            for m in self.messages[after:]:
-                if m.get("method") == method:
-                    return m
-            if not self._thread.is_alive():
-                raise AssertionError(f"the GET stream ended ({self.error!r}) before {method}; got {self.methods()}")
-            return None
-
-        return wait_until(found, timeout, f"{method} on the GET stream (got {self.methods()})")
-
-    def close(self) -> None:
-        """Stop reading. A read blocked in the background thread may only end when the
-        gateway closes the stream (e.g. when it stops); the thread is a daemon either way."""
-        self._http.close()
-        self._thread.join(1)
 
 
 @asynccontextmanager
@@ -977,9 +1007,11 @@ class StatelessMcp:
         return message["result"]
 
 
-class ListenStream:
+class ListenStream(StreamReader):
     """A `subscriptions/listen` request (MCP 2026-07-28) read in a background thread: every
     JSON-RPC message of its SSE answer lands in `self.messages`."""
+
+    what = "listen stream"
 
     def __init__(self, client: StatelessMcp, notifications: dict | None = None, open_timeout: float = 15):
         self.messages: list[dict] = []
@@ -1015,27 +1047,6 @@ class ListenStream:
         finally:
             self._opened.set()
 
-    def methods(self) -> list[str]:
-        return [m.get("method", "") for m in self.messages]
-
-    def wait_for(self, method: str, timeout: float, after: int = 0) -> dict:
-        """The first message with `method` at index >= `after`, waiting up to `timeout` s."""
-
-        def found():
-            for m in self.messages[after:]:
-                if m.get("method") == method:
-                    return m
-            if not self._thread.is_alive():
-                raise AssertionError(
-                    f"the listen stream ended (HTTP {self.status}, {self.error!r}) before {method}; got {self.messages}"
-                )
-            return None
-
-        return wait_until(found, timeout, f"{method} on the listen stream (got {self.methods()})")
-
-    def close(self) -> None:
-        self._http.close()
-        self._thread.join(1)
 
 
 # --------------------------------------------------------------------------- upstreams of either era (issue 15)

@@ -20,6 +20,7 @@ from harness import (
     ListeningProc,
     StatelessMcp,
     free_port,
+    fronted,
     http_upstream,
 )
 
@@ -47,16 +48,11 @@ class TasksServer(ListeningProc):
 def setup(tmp_path_factory) -> Iterator[tuple[Gateway, TasksServer]]:
     tmp = tmp_path_factory.mktemp("tasks")
     upstream = TasksServer(tmp)
-    try:
-        # `era: auto`: the upstream refuses `initialize`, so Sluice finds the new era.
-        gw = Gateway(tmp, {"jobs": http_upstream(upstream.url)}, name="sluice-tasks",
-                     keys=[{"name": "other", "key": OTHER_KEY, "tools": ["*"]}])
-    except BaseException:
-        upstream.stop()
-        raise
-    yield gw, upstream
-    gw.stop()
-    upstream.stop()
+    # `era: auto`: the upstream refuses `initialize`, so Sluice finds the new era.
+    start = lambda: Gateway(tmp, {"jobs": http_upstream(upstream.url)}, name="sluice-tasks",  # noqa: E731
+                            keys=[{"name": "other", "key": OTHER_KEY, "tools": ["*"]}])
+    with fronted(upstream, start) as gw:
+        yield gw, upstream
 
 
 def client(gw: Gateway, key: str | None = None, tasks: bool = True) -> StatelessMcp:

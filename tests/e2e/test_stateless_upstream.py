@@ -29,6 +29,7 @@ from harness import (
     Gateway,
     NewEraServer,
     StatelessMcp,
+    fronted,
     http_upstream,
     sdk_http_session_with,
     wait_until,
@@ -52,14 +53,10 @@ def stateless_pair(tmp_path_factory) -> Iterator[tuple[Gateway, NewEraServer]]:
     """A dual-era upstream and a Sluice told to speak only the new era to it (`era: stateless`)."""
     tmp = tmp_path_factory.mktemp("stateless-upstream")
     upstream = NewEraServer(tmp, name="new-era-dual")
-    try:
-        gw = Gateway(tmp / "gw", {SERVER: upstream_config(upstream.url, "stateless")}, name="sluice-era-stateless")
-    except BaseException:
-        upstream.stop()
-        raise
-    yield gw, upstream
-    gw.stop()
-    upstream.stop()
+    start = lambda: Gateway(tmp / "gw", {SERVER: upstream_config(upstream.url, "stateless")},  # noqa: E731
+                            name="sluice-era-stateless")
+    with fronted(upstream, start) as gw:
+        yield gw, upstream
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +64,10 @@ def auto_pair(tmp_path_factory) -> Iterator[tuple[Gateway, NewEraServer]]:
     """An upstream of the new era alone (it refuses `initialize`) and a Sluice with `era: auto`."""
     tmp = tmp_path_factory.mktemp("auto-upstream")
     upstream = NewEraServer(tmp, name="new-era-only", refuse_initialize=True)
-    try:
-        gw = Gateway(tmp / "gw", {SERVER: upstream_config(upstream.url, "auto")}, name="sluice-era-auto")
-    except BaseException:
-        upstream.stop()
-        raise
-    yield gw, upstream
-    gw.stop()
-    upstream.stop()
+    start = lambda: Gateway(tmp / "gw", {SERVER: upstream_config(upstream.url, "auto")},  # noqa: E731
+                            name="sluice-era-auto")
+    with fronted(upstream, start) as gw:
+        yield gw, upstream
 
 
 def text_of(result) -> str:
