@@ -6,12 +6,14 @@
 
 mod env;
 pub mod model;
+mod secret;
 
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use model::*;
+pub use secret::{Secret, redact_url};
 
 /// A configuration that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +134,7 @@ fn validate(config: &Config, text: &str) -> Result<(), (Option<usize>, String)> 
             "`threads` must be at least 1".into(),
         ));
     }
+    validate_limits(config, text)?;
     if config.mcp.page_size == 0 {
         return Err((
             line_of(text, "page_size"),
@@ -208,7 +211,8 @@ fn validate(config: &Config, text: &str) -> Result<(), (Option<usize>, String)> 
                 line_of(text, &http.url).or(at),
                 format!(
                     "server `{}` has url `{}`; it must start with http:// or https://",
-                    server.name, http.url
+                    server.name,
+                    redact_url(&http.url)
                 ),
             ));
         }
@@ -249,6 +253,69 @@ fn validate(config: &Config, text: &str) -> Result<(), (Option<usize>, String)> 
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+fn validate_limits(config: &Config, text: &str) -> Result<(), (Option<usize>, String)> {
+    let limits = &config.limits;
+    let checks = [
+        (
+            limits.max_connections == 0,
+            "max_connections",
+            "`limits.max_connections` must be at least 1",
+        ),
+        (
+            limits.max_header_bytes < 1024,
+            "max_header_bytes",
+            "`limits.max_header_bytes` must be at least 1024",
+        ),
+        (
+            limits.header_timeout.is_zero(),
+            "header_timeout",
+            "`limits.header_timeout` must be longer than 0s",
+        ),
+        (
+            limits.body_timeout.is_zero(),
+            "body_timeout",
+            "`limits.body_timeout` must be longer than 0s",
+        ),
+        (
+            config.mcp.max_sessions == 0,
+            "max_sessions",
+            "`mcp.max_sessions` must be at least 1",
+        ),
+        (
+            config.mcp.session_idle_timeout.is_zero(),
+            "session_idle_timeout",
+            "`mcp.session_idle_timeout` must be longer than 0s",
+        ),
+    ];
+    if let Some((_, field, message)) = checks.iter().find(|(bad, _, _)| *bad) {
+        return Err((line_of(text, field), (*message).into()));
+    }
+    for server in &config.mcp.servers {
+        if server.max_concurrent_calls == 0 {
+            return Err((
+                line_of(text, "max_concurrent_calls"),
+                format!(
+                    "server `{}`: `max_concurrent_calls` must be at least 1",
+                    server.name
+                ),
+            ));
+        }
+    }
+    if let Some(admin) = &config.admin
+        && !admin.address.ip().is_loopback()
+        && admin.token.is_none()
+    {
+        return Err((
+            line_of(text, "admin"),
+            format!(
+                "the admin listener on {} is reachable beyond this machine without a token; set `admin.token: ${{SLUICE_ADMIN_TOKEN}}` or bind it to 127.0.0.1",
+                admin.address
+            ),
+        ));
     }
     Ok(())
 }
@@ -296,7 +363,7 @@ fn validate_keys(config: &Config, text: &str) -> Result<(), (Option<usize>, Stri
                     ),
                 ));
             }
-            (Some(secret), None) if secret.len() < 8 => {
+            (Some(secret), None) if secret.expose().len() < 8 => {
                 return Err((
                     at,
                     format!(
@@ -376,7 +443,8 @@ mod tests {
         )
         .unwrap();
         let http = c.mcp.servers[0].http.as_ref().unwrap();
-        assert_eq!(http.headers["Authorization"], "Bearer t0k");
+        assert_eq!(http.headers["Authorization"].expose(), "Bearer t0k");
+        assert!(!format!("{c:?}").contains("t0k"), "Debug shows no secret");
         assert_eq!(c.mcp.servers[0].sync_interval.as_secs(), 600);
     }
 
@@ -412,7 +480,10 @@ mod tests {
             parse_str("listen: [{address: 127.0.0.1:1}]\nkeys:\n  - name: bob\n").unwrap_err();
         assert!(err.message.contains("key_sha256"), "{err}");
         let ok = parse_str("listen: [{address: 127.0.0.1:1}]\nmcp:\n  tool_groups:\n    ro: [a__*]\nkeys:\n  - name: alice\n    key: ${TOKEN}xxxxxxxx\n    tool_groups: [ro]\n    expires_at: 2030-01-01T00:00:00Z\n").unwrap();
-        assert_eq!(ok.keys[0].key.as_deref(), Some("t0kxxxxxxxx"));
+        assert_eq!(
+            ok.keys[0].key.as_ref().map(Secret::expose),
+            Some("t0kxxxxxxxx")
+        );
         assert!(ok.enforce_auth);
     }
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::secret::{Secret, redact_url};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +38,58 @@ pub struct Config {
     /// On SIGTERM, how long requests in flight may take to finish.
     #[serde(default = "default_grace_period", with = "humantime_serde")]
     pub grace_period: Duration,
+    /// Where a new Sluice (`sluice run --upgrade`) takes over the listening sockets from this
+    /// one, which hands them over on SIGQUIT.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: PathBuf,
+    /// Bounds on what clients may hold of the gateway.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Bounds on client connections and requests. Every one has a safe default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Client connections open at once; more are answered 503 and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// The request line and headers together; larger gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// A request head must arrive whole within this of its first byte (slow clients).
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request body must arrive whole within this; a slower one gets 408.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: default_max_connections(),
+            max_header_bytes: default_max_header_bytes(),
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_upgrade_sock() -> PathBuf {
+    PathBuf::from("/tmp/sluice-upgrade.sock")
 }
 
 fn default_threads() -> usize {
@@ -56,7 +110,7 @@ pub struct Key {
     /// Shown in logs, audit records and errors; never the secret.
     pub name: String,
     #[serde(default)]
-    pub key: Option<String>,
+    pub key: Option<Secret>,
     #[serde(default)]
     pub key_sha256: Option<String>,
     /// Namespaced tool names or globs (`docs__search_*`).
@@ -154,7 +208,17 @@ fn default_min_tls() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
+    /// Loopback by default; another address needs a `token`.
+    #[serde(default = "default_admin_address")]
     pub address: SocketAddr,
+    /// When set, `/metrics` and the detail of `/readyz` need `Authorization: Bearer <token>`
+    /// (normally `${VAR}`).
+    #[serde(default)]
+    pub token: Option<Secret>,
+}
+
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
 }
 
 /// The `/mcp` endpoint and the upstream MCP servers behind it.
@@ -179,6 +243,12 @@ pub struct Mcp {
     /// How long a downstream session stays valid after it was created.
     #[serde(default = "default_session_ttl", with = "humantime_serde")]
     pub session_ttl: Duration,
+    /// A session unused this long on an instance is ended there.
+    #[serde(default = "default_session_idle_timeout", with = "humantime_serde")]
+    pub session_idle_timeout: Duration,
+    /// Sessions one instance holds at most; `initialize` beyond it gets 503.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
 }
 
 impl Default for Mcp {
@@ -190,6 +260,8 @@ impl Default for Mcp {
             page_size: default_page_size(),
             allowed_origins: Vec::new(),
             session_ttl: default_session_ttl(),
+            session_idle_timeout: default_session_idle_timeout(),
+            max_sessions: default_max_sessions(),
         }
     }
 }
@@ -202,6 +274,12 @@ fn default_page_size() -> usize {
 }
 fn default_session_ttl() -> Duration {
     Duration::from_secs(24 * 3600)
+}
+fn default_session_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_max_sessions() -> usize {
+    100_000
 }
 
 /// One upstream MCP server. Exactly one of `stdio`, `http` is given.
@@ -231,9 +309,16 @@ pub struct McpServer {
     /// Re-read the server's catalog this often.
     #[serde(default = "default_sync_interval", with = "humantime_serde")]
     pub sync_interval: Duration,
-    /// A call that takes longer fails with a timeout error naming the server.
+    /// A call that takes longer fails with a timeout error naming the server. Also bounds
+    /// connecting and `initialize`.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Calls in flight to this server at once; more wait in line.
+    #[serde(default = "default_max_concurrent_calls")]
+    pub max_concurrent_calls: usize,
+    /// How long a call waits in line before it fails with an error naming the server.
+    #[serde(default = "default_queue_timeout", with = "humantime_serde")]
+    pub queue_timeout: Duration,
 }
 
 impl McpServer {
@@ -267,6 +352,12 @@ fn default_sync_interval() -> Duration {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(120)
+}
+fn default_max_concurrent_calls() -> usize {
+    256
+}
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// The way to reach one upstream.
@@ -307,20 +398,22 @@ pub struct StdioTransport {
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,
+    /// Environment of the child (often its credentials, so kept secret).
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, Secret>,
     #[serde(default)]
     pub cwd: Option<PathBuf>,
 }
 
 /// A Streamable HTTP MCP server.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpTransport {
+    /// May hold credentials (userinfo, a query token): shown only through [`redact_url`].
     pub url: String,
     /// Extra headers sent to the upstream (its own credentials, typically from `${VAR}`).
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
     /// Idle keep-alive connections kept per upstream. Keep it at least as large as the number
     /// of calls in flight to this server at peak, or connections are closed and reopened.
     #[serde(default = "default_pool_size")]
@@ -329,6 +422,17 @@ pub struct HttpTransport {
     /// to the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for HttpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTransport")
+            .field("url", &redact_url(&self.url))
+            .field("headers", &self.headers)
+            .field("pool_size", &self.pool_size)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 fn default_pool_size() -> usize {

@@ -72,7 +72,7 @@ impl KeyStore {
         let mut by_hash = HashMap::new();
         for key in &config.keys {
             let hash = match (&key.key, &key.key_sha256) {
-                (Some(secret), _) => hash_key(secret),
+                (Some(secret), _) => hash_key(secret.expose()),
                 (None, Some(hex)) => match decode_hex(hex) {
                     Some(h) => h,
                     None => continue,

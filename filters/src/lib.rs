@@ -16,5 +16,6 @@ pub mod policy;
 pub mod protocol;
 pub mod ratelimit;
 pub mod session;
+pub mod session_book;
 pub mod sse;
 pub mod upstream;

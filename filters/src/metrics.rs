@@ -31,8 +31,12 @@ pub struct Metrics {
     pub upstream_up: IntGaugeVec,
     /// Tools in the merged catalog.
     pub catalog_tools: IntGauge,
-    /// Sessions opened minus sessions ended with DELETE, on this instance.
+    /// Sessions in use on this instance (not ended, not idle).
     pub active_sessions: IntGauge,
+    /// Client connections open.
+    pub open_connections: IntGauge,
+    /// Client connections turned away at `limits.max_connections`.
+    pub refused_connections: IntCounter,
     /// Requests refused by a rate limit, by key.
     pub rate_limited: IntCounterVec,
     /// Requests refused for want of a valid key.
@@ -92,7 +96,14 @@ impl Metrics {
             .expect("valid metric");
         let active_sessions = IntGauge::new(
             "sluice_active_sessions",
-            "MCP sessions opened on this instance and not ended with DELETE (sessions are portable, so this is per instance)",
+            "MCP sessions in use on this instance: not ended with DELETE, not idle (sessions are portable, so this is per instance)",
+        )
+        .expect("valid metric");
+        let open_connections = IntGauge::new("sluice_open_connections", "Client connections open")
+            .expect("valid metric");
+        let refused_connections = IntCounter::new(
+            "sluice_refused_connections_total",
+            "Client connections answered 503 and closed at `limits.max_connections`",
         )
         .expect("valid metric");
         let rate_limited = IntCounterVec::new(
@@ -135,6 +146,8 @@ impl Metrics {
             Box::new(upstream_up.clone()),
             Box::new(catalog_tools.clone()),
             Box::new(active_sessions.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(refused_connections.clone()),
             Box::new(rate_limited.clone()),
             Box::new(auth_failures.clone()),
         ] {
@@ -151,6 +164,8 @@ impl Metrics {
             upstream_up,
             catalog_tools,
             active_sessions,
+            open_connections,
+            refused_connections,
             rate_limited,
             auth_failures,
             notification_streams,
@@ -211,9 +226,11 @@ fn status_label(status: u16) -> &'static str {
         404 => "404",
         405 => "405",
         406 => "406",
+        408 => "408",
         413 => "413",
         415 => "415",
         429 => "429",
+        431 => "431",
         500..=599 => "5xx",
         _ => "other",
     }

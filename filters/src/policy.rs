@@ -100,17 +100,38 @@ impl Grants {
 /// Patterns from the optional per-request header that narrows (never widens) a key's tools.
 pub struct Narrowing(Vec<WildMatch>);
 
+/// Why a narrowing list is refused: it is matched against the catalog on every request, so its
+/// size is bounded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NarrowingError {
+    #[error("is longer than {MAX_NARROWING_BYTES} bytes")]
+    TooLong,
+    #[error("has more than {MAX_NARROWING_PATTERNS} names or globs")]
+    TooMany,
+}
+
+/// The longest narrowing list accepted, in bytes.
+pub const MAX_NARROWING_BYTES: usize = 4096;
+/// The most names or globs in one narrowing list.
+pub const MAX_NARROWING_PATTERNS: usize = 64;
+
 impl Narrowing {
     /// Parse a comma-separated list of names or globs.
-    pub fn parse(header: &str) -> Self {
-        Narrowing(
-            header
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(WildMatch::new)
-                .collect(),
-        )
+    pub fn parse(header: &str) -> Result<Self, NarrowingError> {
+        if header.len() > MAX_NARROWING_BYTES {
+            return Err(NarrowingError::TooLong);
+        }
+        let patterns: Vec<WildMatch> = header
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .take(MAX_NARROWING_PATTERNS + 1)
+            .map(WildMatch::new)
+            .collect();
+        if patterns.len() > MAX_NARROWING_PATTERNS {
+            return Err(NarrowingError::TooMany);
+        }
+        Ok(Narrowing(patterns))
     }
 
     pub fn matches(&self, name: &str) -> bool {
@@ -168,8 +189,12 @@ mod tests {
 
     #[test]
     fn narrowing() {
-        let n = Narrowing::parse("docs__*, crm__lookup_customer");
+        let n = Narrowing::parse("docs__*, crm__lookup_customer").unwrap();
         assert!(n.matches("docs__search"));
         assert!(!n.matches("crm__delete_customer"));
+        let many = vec!["a*"; MAX_NARROWING_PATTERNS + 1].join(",");
+        assert_eq!(Narrowing::parse(&many).err(), Some(NarrowingError::TooMany));
+        let long = "a".repeat(MAX_NARROWING_BYTES + 1);
+        assert_eq!(Narrowing::parse(&long).err(), Some(NarrowingError::TooLong));
     }
 }

@@ -4,9 +4,8 @@
 //! protocol version, a fingerprint of the caller's key and a random part, sealed with an
 //! HMAC-SHA256 under a secret from the environment (`SLUICE_SESSION_SECRET`). Any instance with
 //! the same secret accepts the session, and a restart loses none; the only per-instance state is
-//! the list of sessions ended with `DELETE` (kept until they would have expired anyway).
+//! the [`SessionBook`]: when each session was last used here, and which were ended.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +15,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::protocol;
+use crate::session_book::{Limits, Refusal, SessionBook};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -153,7 +153,16 @@ pub enum SessionError {
     Expired,
     #[error("the session was ended by the client")]
     Deleted,
+    #[error("the session was unused for longer than the gateway's idle timeout")]
+    Idle,
 }
+
+/// `initialize` when this instance holds as many sessions as it may.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "the gateway holds its maximum of {0} sessions; end unused ones with DELETE or retry later"
+)]
+pub struct SessionsFull(pub usize);
 
 /// Issues and checks session tokens.
 pub struct Sessions {
@@ -161,19 +170,29 @@ pub struct Sessions {
     ttl: Duration,
     /// Tokens whose seal was checked already.
     verified: Mutex<lru::LruCache<String, Session>>,
-    /// Nonce of each deleted session, with the time it expires anyway.
-    deleted: Mutex<HashMap<[u8; NONCE_LEN], u64>>,
+    /// Sessions in use and ended, on this instance.
+    book: Mutex<SessionBook>,
 }
 
 impl Sessions {
     /// `secret` seals the tokens; instances that share sessions share the secret.
-    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+    pub fn new(secret: &[u8], ttl: Duration, limits: Limits) -> Self {
         Sessions {
             secret: secret.to_vec(),
             ttl,
             verified: Mutex::new(lru::LruCache::new(VERIFIED_CACHE)),
-            deleted: Mutex::new(HashMap::new()),
+            book: Mutex::new(SessionBook::new(limits)),
         }
+    }
+
+    /// New limits from a reload; sessions over them end as they go idle.
+    pub fn set_limits(&self, limits: Limits) {
+        self.lock_book().set_limits(limits);
+    }
+
+    /// Sessions in use on this instance.
+    pub fn in_use(&self) -> usize {
+        self.lock_book().in_use()
     }
 
     /// Seal a new session for a caller identified by `key_id`.
@@ -182,7 +201,7 @@ impl Sessions {
         protocol_version: &str,
         key_id: &str,
         capabilities: ClientCapabilities,
-    ) -> String {
+    ) -> Result<String, SessionsFull> {
         let mut body = [0u8; BODY_LEN];
         body[0] = FORMAT;
         body[1..9].copy_from_slice(&now().to_be_bytes());
@@ -190,9 +209,15 @@ impl Sessions {
         body[10..18].copy_from_slice(&fingerprint(key_id));
         rand::fill(&mut body[NONCE]);
         body[CAPABILITIES] = capabilities.0;
+        let nonce: [u8; NONCE_LEN] = body[NONCE].try_into().unwrap_or_default();
+        let mut book = self.lock_book();
+        if !book.admit_new(nonce, now()) {
+            return Err(SessionsFull(book.in_use()));
+        }
+        drop(book);
         let mut token = body.to_vec();
         token.extend_from_slice(&self.mac(&body));
-        URL_SAFE_NO_PAD.encode(token)
+        Ok(URL_SAFE_NO_PAD.encode(token))
     }
 
     /// Check a token and say what it holds.
@@ -208,13 +233,18 @@ impl Sessions {
                 session
             }
         };
-        if now() > session.expires_at {
+        let now = now();
+        if now > session.expires_at {
             return Err(SessionError::Expired);
         }
-        if self.lock_deleted().contains_key(&session.nonce) {
-            return Err(SessionError::Deleted);
+        match self
+            .lock_book()
+            .touch(session.nonce, session.expires_at, now)
+        {
+            Ok(()) => Ok(session),
+            Err(Refusal::Ended) => Err(SessionError::Deleted),
+            Err(Refusal::Idle) => Err(SessionError::Idle),
         }
-        Ok(session)
     }
 
     fn lock_verified(&self) -> std::sync::MutexGuard<'_, lru::LruCache<String, Session>> {
@@ -259,12 +289,8 @@ impl Sessions {
     /// End a session (client `DELETE`). The token must be valid.
     pub fn delete(&self, token: &str) -> Result<Session, SessionError> {
         let session = self.open(token)?;
-        let nonce = session.nonce;
-        let expires = session.expires_at;
-        let mut deleted = self.lock_deleted();
-        let now = now();
-        deleted.retain(|_, exp| *exp >= now);
-        deleted.insert(nonce, expires);
+        self.lock_book()
+            .end(session.nonce, session.expires_at, now());
         Ok(session)
     }
 
@@ -292,8 +318,8 @@ impl Sessions {
         Some(signed[1..].to_vec())
     }
 
-    fn lock_deleted(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; NONCE_LEN], u64>> {
-        self.deleted.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_book(&self) -> std::sync::MutexGuard<'_, SessionBook> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn mac(&self, body: &[u8]) -> [u8; MAC_LEN] {
@@ -325,16 +351,18 @@ mod tests {
     use super::*;
 
     fn sessions() -> Sessions {
-        Sessions::new(b"test-secret", Duration::from_secs(3600))
+        Sessions::new(b"test-secret", Duration::from_secs(3600), Limits::default())
     }
 
     #[test]
     fn round_trip_and_portable_between_instances() {
-        let token = sessions().issue(
-            "2025-06-18",
-            "alice",
-            ClientCapabilities::from_json(&serde_json::json!({"sampling": {}})),
-        );
+        let token = sessions()
+            .issue(
+                "2025-06-18",
+                "alice",
+                ClientCapabilities::from_json(&serde_json::json!({"sampling": {}})),
+            )
+            .unwrap();
         // A second instance with the same secret accepts it.
         let s = sessions().open(&token).unwrap();
         assert_eq!(s.protocol_version, "2025-06-18");
@@ -348,8 +376,10 @@ mod tests {
     #[test]
     fn refuses_forged_malformed_and_deleted() {
         let a = sessions();
-        let token = a.issue("2025-11-25", "k", ClientCapabilities::default());
-        let other = Sessions::new(b"other", Duration::from_secs(3600));
+        let token = a
+            .issue("2025-11-25", "k", ClientCapabilities::default())
+            .unwrap();
+        let other = Sessions::new(b"other", Duration::from_secs(3600), Limits::default());
         assert_eq!(other.open(&token), Err(SessionError::BadSeal));
         assert_eq!(a.open("not-a-session"), Err(SessionError::Malformed));
         a.delete(&token).unwrap();
@@ -366,14 +396,16 @@ mod tests {
         );
         assert_eq!(a.unseal(b'S', &token), None);
         assert_eq!(a.unseal(b'R', &format!("{token}A")), None);
-        let other = Sessions::new(b"other", Duration::from_secs(3600));
+        let other = Sessions::new(b"other", Duration::from_secs(3600), Limits::default());
         assert_eq!(other.unseal(b'R', &token), None);
     }
 
     #[test]
     fn expires() {
-        let s = Sessions::new(b"x", Duration::from_secs(0));
-        let mut token = s.issue("2025-11-25", "k", ClientCapabilities::default());
+        let s = Sessions::new(b"x", Duration::from_secs(0), Limits::default());
+        let mut token = s
+            .issue("2025-11-25", "k", ClientCapabilities::default())
+            .unwrap();
         // Rewrite the creation time into the past and re-seal.
         let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
         bytes[1..9].copy_from_slice(&(now() - 10).to_be_bytes());

@@ -1,5 +1,9 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (every upstream has synced or
 //! failed once), `/metrics` (Prometheus). Never serves client traffic.
+//!
+//! With `admin.token` set, `/metrics` and the detail of `/readyz` (server names, errors, pids)
+//! need `Authorization: Bearer <token>`; `/healthz` and the readiness status itself stay open
+//! for load balancers' probes.
 
 use std::sync::Arc;
 
@@ -7,20 +11,53 @@ use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use sha2::{Digest, Sha256};
+use sluice_conf::Secret;
 use sluice_filters::metrics::Metrics;
 use sluice_filters::upstream::Upstreams;
 
 pub struct Admin {
     upstreams: Arc<Upstreams>,
     metrics: Arc<Metrics>,
+    /// SHA-256 of the token, when one is required.
+    token_hash: Option<[u8; 32]>,
 }
 
 impl Admin {
-    pub fn new(upstreams: Arc<Upstreams>, metrics: Arc<Metrics>) -> Self {
-        Admin { upstreams, metrics }
+    pub fn new(upstreams: Arc<Upstreams>, metrics: Arc<Metrics>, token: Option<&Secret>) -> Self {
+        Admin {
+            upstreams,
+            metrics,
+            token_hash: token.map(|t| Sha256::digest(t.expose().as_bytes()).into()),
+        }
     }
 
-    fn readiness(&self) -> (StatusCode, Vec<u8>) {
+    /// Whether the request may see what the token guards. Hashes are compared, so the time
+    /// taken says nothing about the token.
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(expected) = self.token_hash else {
+            return true;
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| <[u8; 32]>::from(Sha256::digest(t.trim().as_bytes())));
+        presented == Some(expected)
+    }
+
+    fn readiness(&self, detail: bool) -> (StatusCode, Vec<u8>) {
+        let ready = self.upstreams.is_ready();
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        if !detail {
+            return (status, serde_json::json!({ "ready": ready }).to_string().into_bytes());
+        }
         let servers: serde_json::Map<String, serde_json::Value> = self
             .upstreams
             .all()
@@ -36,14 +73,8 @@ impl Admin {
                 (u.name.to_string(), entry)
             })
             .collect();
-        let ready = self.upstreams.is_ready();
         let tools = self.upstreams.catalog().load().len();
         let body = serde_json::json!({ "ready": ready, "tools": tools, "servers": servers });
-        let status = if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
         (status, body.to_string().into_bytes())
     }
 }
@@ -51,12 +82,18 @@ impl Admin {
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let authorized = self.authorized(session);
         let (status, body, content_type) = match session.req_header().uri.path() {
             "/healthz" => (StatusCode::OK, b"ok\n".to_vec(), "text/plain"),
             "/readyz" => {
-                let (status, body) = self.readiness();
+                let (status, body) = self.readiness(authorized);
                 (status, body, "application/json")
             }
+            "/metrics" if !authorized => (
+                StatusCode::UNAUTHORIZED,
+                b"/metrics needs `Authorization: Bearer <admin.token>`\n".to_vec(),
+                "text/plain",
+            ),
             "/metrics" => (
                 StatusCode::OK,
                 self.metrics.render(&self.upstreams),

@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
+use sluice_conf::Limits;
 use sluice_filters::mcp::transport;
-use sluice_filters::mcp::{McpEndpoint, Request};
+use sluice_filters::mcp::{McpEndpoint, Request, Response};
 
 use crate::respond;
 
@@ -48,38 +49,50 @@ fn route(path: &str) -> Route {
 
 pub struct Gateway {
     mcp: Arc<McpEndpoint>,
+    limits: Limits,
 }
 
 impl Gateway {
-    pub fn new(mcp: Arc<McpEndpoint>) -> Self {
-        Gateway { mcp }
+    pub fn new(mcp: Arc<McpEndpoint>, limits: Limits) -> Self {
+        Gateway { mcp, limits }
     }
 
     async fn serve_mcp(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         let head = session.req_header();
-        if let Err(refusal) = self.mcp.check_head(&head.method, &head.headers) {
-            // The body was not read: do not reuse the connection.
-            session.set_keepalive(None);
-            return respond::write(session, refusal).await;
-        }
-        let limit = self.mcp.max_body_bytes();
-        let mut body = BytesMut::new();
-        while let Some(chunk) = session.read_request_body().await? {
-            if body.len() + chunk.len() > limit {
+        // The key is checked on the head: a caller without one makes Sluice read no body.
+        let admission = match self.mcp.admit(&head.method, &head.headers) {
+            Ok(admission) => admission,
+            Err(refusal) => {
+                // The body was not read: do not reuse the connection.
                 session.set_keepalive(None);
-                return respond::write(session, transport::too_large(limit)).await;
+                return respond::write(session, refusal).await;
             }
-            body.extend_from_slice(&chunk);
-        }
+        };
+        let body = match read_body(
+            session,
+            admission.max_body_bytes(),
+            self.limits.body_timeout,
+        )
+        .await?
+        {
+            Ok(body) => body,
+            Err(refusal) => {
+                session.set_keepalive(None);
+                return respond::write(session, refusal).await;
+            }
+        };
         // The pipeline borrows the head while the connection is watched for the client going
         // away (which drops the pipeline's future and so cancels its upstream call).
         let head = session.req_header();
         let (method, headers) = (head.method.clone(), head.headers.clone());
-        let handled = self.mcp.handle(Request {
-            method: &method,
-            headers: &headers,
-            body: &body,
-        });
+        let handled = self.mcp.serve(
+            admission,
+            Request {
+                method: &method,
+                headers: &headers,
+                body: &body,
+            },
+        );
         let response = tokio::select! {
             response = handled => response,
             // The client went away: dropping the pipeline cancels its upstream call.
@@ -91,6 +104,39 @@ impl Gateway {
         ctx.upstream_time = response.upstream_time;
         respond::write(session, response).await
     }
+}
+
+/// Read a request body of at most `limit` bytes within `timeout`; the refusal to send
+/// otherwise.
+async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    timeout: Duration,
+) -> Result<std::result::Result<BytesMut, Response>> {
+    let read = async {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if body.len() + chunk.len() > limit {
+                return Ok(Err(transport::too_large(limit)));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Ok(body))
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(read) => read,
+        Err(_) => Ok(Err(respond::too_slow(timeout))),
+    }
+}
+
+/// The size of a request head as it came: request line and headers.
+fn head_bytes(head: &pingora::http::RequestHeader) -> usize {
+    let line = head.method.as_str().len() + head.uri.to_string().len() + 12;
+    head.headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
 }
 
 #[async_trait]
@@ -108,6 +154,15 @@ impl ProxyHttp for Gateway {
     /// Route by path; every route served so far is answered here.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.started = Instant::now();
+        if head_bytes(session.req_header()) > self.limits.max_header_bytes {
+            session.set_keepalive(None);
+            respond::write(
+                session,
+                respond::header_too_large(self.limits.max_header_bytes),
+            )
+            .await?;
+            return Ok(true);
+        }
         ctx.route = route(session.req_header().uri.path());
         match ctx.route {
             Route::Mcp => self.serve_mcp(session, ctx).await?,

@@ -4,6 +4,7 @@
 //! configuration and exits.
 
 mod admin;
+mod connections;
 mod gateway;
 mod respond;
 mod server;
@@ -29,6 +30,11 @@ struct Cli {
         default_value = "conf/examples/quickstart.yaml"
     )]
     config: PathBuf,
+    /// Take over the listening sockets of the Sluice running on the same `upgrade_sock`
+    /// (send that one SIGQUIT once this one waits): a binary upgrade without a dropped
+    /// connection.
+    #[arg(long, short, global = true)]
+    upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -61,7 +67,7 @@ fn main() -> ExitCode {
         },
         Command::Run => {
             init_logging();
-            match server::run(&cli.config) {
+            match server::run(&cli.config, cli.upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sluice: {e}");

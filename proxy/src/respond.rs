@@ -95,8 +95,34 @@ async fn write_events(session: &mut Session, mut events: mpsc::Receiver<Bytes>) 
     Ok(())
 }
 
-/// A small JSON error for paths Sluice does not serve.
+/// 408: the body did not arrive within `limits.body_timeout`.
+pub fn too_slow(timeout: std::time::Duration) -> Response {
+    Response::refuse(
+        http::StatusCode::REQUEST_TIMEOUT,
+        None,
+        sluice_filters::jsonrpc::code::INVALID_REQUEST,
+        &format!(
+            "the request body did not arrive within {} s (`limits.body_timeout`)",
+            timeout.as_secs_f64()
+        ),
+    )
+}
+
+/// 431: the request line and headers are over `limits.max_header_bytes`.
+pub fn header_too_large(limit: usize) -> Response {
+    Response::refuse(
+        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        None,
+        sluice_filters::jsonrpc::code::INVALID_REQUEST,
+        &format!(
+            "the request line and headers are larger than {limit} bytes (`limits.max_header_bytes`)"
+        ),
+    )
+}
+
+/// A small JSON error for paths Sluice does not serve (the path is echoed, shortened).
 pub fn not_found(path: &str) -> Response {
+    let path: String = path.chars().take(200).collect();
     Response::json(
         http::StatusCode::NOT_FOUND,
         Bytes::from(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
@@ -19,6 +19,7 @@ use sluice_filters::upstream::Upstreams;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::Admin;
+use crate::connections;
 use crate::gateway::Gateway;
 use crate::tls::{Certificate, PlainHttpRefusal};
 
@@ -41,16 +42,21 @@ const SESSION_SECRET_ENV: &str = "SLUICE_SESSION_SECRET";
 
 /// Run the gateway until it is told to stop (SIGTERM: gracefully; SIGINT: at once). SIGHUP
 /// reloads the configuration.
-pub fn run(config_path: &Path) -> Result<(), StartError> {
+pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
     let config = sluice_conf::load(config_path)?;
 
     let conf = ServerConf {
         threads: config.threads,
         grace_period_seconds: Some(config.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: config.upgrade_sock.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let catalog = Arc::new(CatalogStore::new());
@@ -70,10 +76,21 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         config.mcp.session_ttl,
     ));
 
-    let mut gateway = pingora::proxy::http_proxy_service_with_name(
+    let proxy = pingora::proxy::http_proxy(
         &server.configuration,
-        Gateway::new(mcp.clone()),
-        "sluice",
+        Gateway::new(mcp.clone(), config.limits.clone()),
+    );
+    let limits = connections::Limits {
+        max_connections: config.limits.max_connections,
+        header_timeout: config.limits.header_timeout,
+    };
+    let gauges = connections::Gauges {
+        open: metrics.open_connections.clone(),
+        refused: metrics.refused_connections.clone(),
+    };
+    let mut gateway = Service::new(
+        "sluice".to_string(),
+        connections::Guarded::new(proxy, limits, gauges),
     );
     let mut certificates = Vec::new();
     for listener in &config.listen {
@@ -106,7 +123,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     server.add_service(gateway);
 
     if let Some(admin) = &config.admin {
-        let app = Admin::new(upstreams.clone(), metrics);
+        let app = Admin::new(upstreams.clone(), metrics, admin.token.as_ref());
         let mut service = Service::new("sluice admin".to_string(), HttpServer::new_app(app));
         service.add_tcp(&admin.address.to_string());
         tracing::info!(

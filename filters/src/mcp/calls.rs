@@ -50,6 +50,9 @@ impl Work {
     }
 }
 
+/// The `tool` label of calls to names that are not in the catalog.
+const UNKNOWN_TOOL_LABEL: &str = "(unknown)";
+
 /// What the audit record of one call needs, owned, so that a streamed call can be recorded
 /// when it ends.
 struct Ledger {
@@ -77,8 +80,12 @@ impl Ledger {
     fn record(self, work: Work) {
         let metrics = &self.services.metrics;
         if self.method == "tools/call" {
-            let server = work.server.as_deref().unwrap_or("-");
-            let tool = work.tool.as_deref().unwrap_or("-");
+            // A name the catalog does not know shares one series: names a caller makes up
+            // must not add a series each.
+            let (server, tool) = match &work.server {
+                Some(server) => (&**server, work.tool.as_deref().unwrap_or("-")),
+                None => ("-", UNKNOWN_TOOL_LABEL),
+            };
             metrics
                 .tool_calls
                 .with_label_values(&[server, tool, work.status])

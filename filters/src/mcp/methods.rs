@@ -93,7 +93,19 @@ pub(super) fn initialize(
         .with_server_info(server_info())
         .with_instructions(instructions(&catalog));
     let result = serde_json::to_string(&result).unwrap_or_default();
-    let token = endpoint.sessions.issue(version, &caller.name, capabilities);
+    let token = match endpoint.sessions.issue(version, &caller.name, capabilities) {
+        Ok(token) => token,
+        Err(full) => {
+            return Response::refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(id),
+                code::INTERNAL_ERROR,
+                &full.to_string(),
+            )
+            .with_header(::http::header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
+    };
+    endpoint.count_sessions();
     let mut response = Response::json(StatusCode::OK, jsonrpc::result_bytes(id, &result));
     if let Ok(value) = HeaderValue::try_from(token) {
         response = response.with_header(session_header(), value);

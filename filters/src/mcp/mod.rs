@@ -41,6 +41,7 @@ use crate::audit::AuditLog;
 use crate::auth::{KeyEntry, KeyStore};
 use crate::jsonrpc::{self, code};
 use crate::metrics::Metrics;
+use crate::policy::Narrowing;
 use crate::ratelimit::RateLimiter;
 use crate::session::{Session, SessionError, Sessions};
 use crate::upstream::{Outcome, Upstreams};
@@ -69,6 +70,21 @@ impl Policy {
             allowed_origins: config.mcp.allowed_origins.clone(),
             keys: KeyStore::from_config(config),
         }
+    }
+}
+
+/// A request whose head passed stages 1 to 3: the policy it is served under and its caller.
+pub struct Admission {
+    policy: Arc<Policy>,
+    caller: Arc<KeyEntry>,
+    narrowing: Option<Narrowing>,
+    started: Instant,
+}
+
+impl Admission {
+    /// The largest body to read for this request.
+    pub fn max_body_bytes(&self) -> usize {
+        self.policy.max_body_bytes
     }
 }
 
@@ -102,7 +118,11 @@ impl McpEndpoint {
         session_secret: &[u8],
         session_ttl: Duration,
     ) -> Self {
-        let sessions = Arc::new(Sessions::new(session_secret, session_ttl));
+        let sessions = Arc::new(Sessions::new(
+            session_secret,
+            session_ttl,
+            session_limits(config),
+        ));
         McpEndpoint {
             policy: Arc::new(ArcSwap::from_pointee(Policy::from_config(config, 1))),
             policy_changes: watch::Sender::new(1),
@@ -122,11 +142,15 @@ impl McpEndpoint {
         self.policy
             .store(Arc::new(Policy::from_config(config, version)));
         self.policy_changes.send_replace(version);
+        self.sessions.set_limits(session_limits(config));
     }
 
-    /// The largest body the proxy should read.
-    pub fn max_body_bytes(&self) -> usize {
-        self.policy.load().max_body_bytes
+    /// Refresh the gauge of sessions in use here.
+    fn count_sessions(&self) {
+        self.services
+            .metrics
+            .active_sessions
+            .set(self.sessions.in_use() as i64);
     }
 
     pub fn upstreams(&self) -> &Arc<Upstreams> {
@@ -137,37 +161,32 @@ impl McpEndpoint {
         &self.services.metrics
     }
 
-    /// The announced body size, checked before the body is read; every other rule runs in
-    /// [`McpEndpoint::handle`], so that it is complete on its own.
-    pub fn check_head(&self, method: &Method, headers: &HeaderMap) -> Result<(), Response> {
-        if method == Method::POST {
-            transport::check_declared_length(headers, self.policy.load().max_body_bytes)?;
-        }
-        Ok(())
-    }
-
-    /// Answer one request to `/mcp`.
+    /// Answer one request to `/mcp`: [`McpEndpoint::admit`] its head, then
+    /// [`McpEndpoint::serve`] it.
     pub async fn handle(&self, request: Request<'_>) -> Response {
-        match self.run(request).await {
-            Ok(response) | Err(response) => response,
+        match self.admit(request.method, request.headers) {
+            Ok(admission) => self.serve(admission, request).await,
+            Err(refusal) => refusal,
         }
     }
 
-    async fn run(&self, request: Request<'_>) -> Result<Response, Response> {
+    /// Stages 1 to 3, on the request head alone, so that the proxy reads no body for a caller
+    /// it refuses: transport, key, rate limit, and the declared body size.
+    pub fn admit(&self, method: &Method, headers: &HeaderMap) -> Result<Admission, Response> {
         let started = Instant::now();
         let policy = self.policy.load_full();
 
         // 1. transport
-        transport::check_origin(request.headers, &policy.allowed_origins)?;
-        let method = request.method;
+        transport::check_origin(headers, &policy.allowed_origins)?;
         if ![Method::POST, Method::GET, Method::DELETE].contains(method) {
             return Err(method_not_allowed(
                 "`/mcp` takes POST, GET (the notification stream) and DELETE (to end a session)",
             ));
         }
+        let narrowing = narrowing(headers)?;
 
         // 2. authentication
-        let caller = policy.keys.authenticate(request.headers).map_err(|e| {
+        let caller = policy.keys.authenticate(headers).map_err(|e| {
             self.services.metrics.auth_failures.inc();
             Response::refuse(
                 StatusCode::UNAUTHORIZED,
@@ -202,7 +221,32 @@ impl McpEndpoint {
             )
             .with_header(RETRY_AFTER, HeaderValue::from(seconds)));
         }
+        if method == Method::POST {
+            transport::check_declared_length(headers, policy.max_body_bytes)?;
+        }
+        Ok(Admission {
+            policy,
+            caller,
+            narrowing,
+            started,
+        })
+    }
 
+    /// Stages 4 to 7 for an admitted request, body read.
+    pub async fn serve(&self, admission: Admission, request: Request<'_>) -> Response {
+        match self.run(admission, request).await {
+            Ok(response) | Err(response) => response,
+        }
+    }
+
+    async fn run(&self, admission: Admission, request: Request<'_>) -> Result<Response, Response> {
+        let Admission {
+            policy,
+            caller,
+            narrowing,
+            started,
+        } = admission;
+        let method = request.method;
         if method != Method::POST && transport::speaks_stateless_era(request.headers) {
             return Err(Response::refuse(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -213,7 +257,7 @@ impl McpEndpoint {
             .with_header(::http::header::ALLOW, HeaderValue::from_static("POST")));
         }
         if method == Method::DELETE {
-            return Ok(self.delete_session(request.headers));
+            return Ok(self.delete_session(request.headers, &caller));
         }
         if method == Method::GET {
             transport::check_get_headers(request.headers)?;
@@ -238,14 +282,20 @@ impl McpEndpoint {
         // The protocol era is decided here, once; below it, one set of methods.
         if modern::is_modern(request.headers, &message) {
             return self
-                .serve_stateless(request.headers, &policy, caller, &message, started)
+                .serve_stateless(
+                    request.headers,
+                    &policy,
+                    caller,
+                    narrowing.as_ref(),
+                    &message,
+                    started,
+                )
                 .await;
         }
         transport::check_protocol_version(request.headers)?;
 
         // 5. session
         if message.method == Some("initialize") {
-            self.services.metrics.active_sessions.inc();
             return Ok(methods::initialize(self, &caller, &message));
         }
         let session = self.require_session(request.headers, &caller, message.id)?;
@@ -267,11 +317,6 @@ impl McpEndpoint {
         }
 
         // 7. dispatch
-        let narrowing = request
-            .headers
-            .get(NARROW_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(crate::policy::Narrowing::parse);
         let context = methods::Context {
             endpoint: self,
             policy: &policy,
@@ -292,6 +337,7 @@ impl McpEndpoint {
         headers: &HeaderMap,
         policy: &Arc<Policy>,
         caller: Arc<KeyEntry>,
+        narrowing: Option<&Narrowing>,
         message: &jsonrpc::Message<'_>,
         started: Instant,
     ) -> Result<Response, Response> {
@@ -314,7 +360,7 @@ impl McpEndpoint {
             endpoint: self,
             policy,
             caller: &caller,
-            narrowing: None,
+            narrowing,
             session: &session,
             started,
             stateless: Some(&declared),
@@ -427,11 +473,8 @@ impl McpEndpoint {
         Ok(session)
     }
 
-    fn delete_session(&self, headers: &HeaderMap) -> Response {
-        let Some(token) = headers
-            .get(transport::SESSION_HEADER)
-            .and_then(|v| v.to_str().ok())
-        else {
+    fn delete_session(&self, headers: &HeaderMap, caller: &KeyEntry) -> Response {
+        let Some(header) = headers.get(transport::SESSION_HEADER) else {
             return Response::refuse(
                 StatusCode::BAD_REQUEST,
                 None,
@@ -439,11 +482,15 @@ impl McpEndpoint {
                 "DELETE needs the Mcp-Session-Id header of the session to end",
             );
         };
-        match self.sessions.delete(token) {
+        // Only the key that owns a session may end it; another key's is as good as unknown.
+        let owned = self
+            .open_session(header, caller)
+            .and_then(|_| header.to_str().map_err(|_| SessionError::Malformed));
+        match owned.and_then(|token| self.sessions.delete(token)) {
             Ok(session) => {
                 self.live.end_session(session.nonce);
                 self.services.upstreams.end_client_session(session.nonce);
-                self.services.metrics.active_sessions.dec();
+                self.count_sessions();
                 Response::empty(StatusCode::OK)
             }
             Err(e) => Response::refuse(
@@ -453,6 +500,34 @@ impl McpEndpoint {
                 &format!("unknown session: {e}"),
             ),
         }
+    }
+}
+
+/// The caller's narrowing of its tools for this request (the `x-sluice-tools` header), bounded.
+fn narrowing(headers: &HeaderMap) -> Result<Option<Narrowing>, Response> {
+    let Some(value) = headers.get(NARROW_HEADER) else {
+        return Ok(None);
+    };
+    let refuse = |why: &str| {
+        Response::refuse(
+            StatusCode::BAD_REQUEST,
+            None,
+            code::INVALID_REQUEST,
+            &format!(
+                "the `{NARROW_HEADER}` header {why}; send a shorter comma-separated list of tool names or globs"
+            ),
+        )
+    };
+    let text = value.to_str().map_err(|_| refuse("is not visible ASCII"))?;
+    Narrowing::parse(text)
+        .map(Some)
+        .map_err(|e| refuse(&e.to_string()))
+}
+
+fn session_limits(config: &Config) -> crate::session_book::Limits {
+    crate::session_book::Limits {
+        max_sessions: config.mcp.max_sessions,
+        idle_secs: config.mcp.session_idle_timeout.as_secs(),
     }
 }
 

@@ -315,7 +315,7 @@ impl HttpConnection {
                 tracing::debug!(server = %self.wire.server, status = r.status().as_u16(), "upstream session ended")
             }
             Err(e) => {
-                tracing::debug!(server = %self.wire.server, "ending the upstream session failed: {}", error_chain(&e))
+                tracing::debug!(server = %self.wire.server, "ending the upstream session failed: {}", error_chain(e))
             }
         }
         self.wire.set_session(None);
@@ -467,10 +467,11 @@ impl Wire {
                         body.chars().take(120).collect::<String>()
                     ))
                 } else {
+                    tracing::warn!(server = %self.server, body = %body.chars().take(200).collect::<String>(), "upstream refused a request with HTTP 400");
                     SessionCheck::Failed(UpstreamError::Http {
                         server: self.server.clone(),
                         status: 400,
-                        detail: body.chars().take(200).collect(),
+                        detail: status_reason(400),
                     })
                 }
             }
@@ -526,7 +527,7 @@ impl Wire {
     ) -> Result<reqwest::Response, UpstreamError> {
         request.send().await.map_err(|e| UpstreamError::Connect {
             server: self.server.clone(),
-            detail: error_chain(&e),
+            detail: error_chain(e),
         })
     }
 
@@ -595,7 +596,7 @@ impl Wire {
                 Some(Ok(chunk)) => chunk,
                 Some(Err(e)) => {
                     return Err(
-                        self.protocol(format!("reading the answer failed: {}", error_chain(&e)))
+                        self.protocol(format!("reading the answer failed: {}", error_chain(e)))
                     );
                 }
                 None => return Err(self.protocol("the answer has no `result` or `error`".into())),
@@ -627,7 +628,7 @@ impl Wire {
                         Some(Ok(chunk)) => chunk,
                         Some(Err(e)) => {
                             let cut =
-                                format!("the upstream's answer broke off: {}", error_chain(&e));
+                                format!("the upstream's answer broke off: {}", error_chain(e));
                             return Some((Err(cut), None));
                         }
                         None => {
@@ -740,7 +741,7 @@ impl Wire {
                     return;
                 }
                 Err(e) => {
-                    tracing::debug!(server = %self.server, "the upstream's GET stream failed: {}", error_chain(&e));
+                    tracing::debug!(server = %self.server, "the upstream's GET stream failed: {}", error_chain(e));
                     tokio::time::sleep(LISTEN_RETRY).await;
                     continue;
                 }
@@ -759,7 +760,10 @@ impl Wire {
     async fn http_error(&self, response: reqwest::Response) -> UpstreamError {
         let status = response.status().as_u16();
         let body = read_text(response).await;
-        let detail: String = body.chars().take(200).collect();
+        // The body goes to the log, not to clients: an upstream's error page may say more
+        // than its callers should see.
+        tracing::warn!(server = %self.server, status, body = %body.chars().take(200).collect::<String>(), "upstream answered an HTTP error");
+        let detail = status_reason(status);
         UpstreamError::Http {
             server: self.server.clone(),
             status,
@@ -785,18 +789,20 @@ pub(crate) fn build_client(
     for (name, value) in &config.headers {
         let (Ok(name), Ok(value)) = (
             HeaderName::try_from(name.as_str()),
-            HeaderValue::try_from(value.as_str()),
+            HeaderValue::try_from(value.expose()),
         ) else {
             return Err(UpstreamError::Connect {
                 server: server.clone(),
                 detail: format!("header `{name}` in the configuration is not a valid HTTP header"),
             });
         };
+        let mut value = value;
+        value.set_sensitive(true);
         headers.insert(name, value);
     }
     let url = reqwest::Url::parse(&config.url).map_err(|e| UpstreamError::Connect {
         server: server.clone(),
-        detail: format!("invalid url `{}`: {e}", config.url),
+        detail: format!("invalid url `{}`: {e}", sluice_conf::redact_url(&config.url)),
     })?;
     let mut builder = reqwest::Client::builder();
     if let Some(ca_file) = &config.ca_file {
@@ -858,7 +864,7 @@ pub(crate) async fn read_bounded(
     let mut body = Vec::with_capacity(response.content_length().unwrap_or(1024) as usize);
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| format!("reading the answer failed: {}", error_chain(&e)))?;
+        let chunk = chunk.map_err(|e| format!("reading the answer failed: {}", error_chain(e)))?;
         if body.len() + chunk.len() > limit {
             return Err(format!("the answer is larger than {limit} bytes"));
         }
@@ -876,9 +882,21 @@ async fn read_text(response: reqwest::Response) -> String {
 }
 
 /// reqwest's top-level message hides the cause ("error sending request"); show the chain.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+/// What a client is told of an upstream's HTTP error status.
+fn status_reason(status: u16) -> String {
+    ::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("error")
+        .to_string()
+}
+
+/// A transport error with its causes, without the upstream's URL (which may hold
+/// credentials: userinfo, a query token).
+pub(crate) fn error_chain(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let mut out = e.to_string();
-    let mut source = e.source();
+    let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {
         out.push_str(": ");
         out.push_str(&cause.to_string());

@@ -44,7 +44,7 @@ impl SseConnection {
             .header(ACCEPT, "text/event-stream")
             .send()
             .await
-            .map_err(|e| connect_error(error_chain(&e)))?;
+            .map_err(|e| connect_error(error_chain(e)))?;
         if !response.status().is_success() {
             return Err(UpstreamError::Http {
                 server: server.clone(),
@@ -59,7 +59,7 @@ impl SseConnection {
                 if event.event == "endpoint" {
                     return url
                         .join(event.data.trim())
-                        .map_err(|e| format!("the endpoint `{}` is not a URL: {e}", event.data));
+                        .map_err(|e| format!("the endpoint it named is not a URL: {e}"));
                 }
             }
             Err("the event stream ended before naming its endpoint".to_string())
@@ -112,7 +112,7 @@ impl SseConnection {
                         Err(e) => {
                             inbound.close(format!(
                                 "posting to its endpoint failed: {}",
-                                error_chain(&e)
+                                error_chain(e)
                             ));
                             return;
                         }
