@@ -313,6 +313,10 @@ pub struct McpServer {
     /// connecting and `initialize`.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Connecting and the MCP handshake must finish within this, or the attempt fails (and is
+    /// retried with backoff).
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Calls in flight to this server at once; more wait in line.
     #[serde(default = "default_max_concurrent_calls")]
     pub max_concurrent_calls: usize,
@@ -352,6 +356,9 @@ fn default_sync_interval() -> Duration {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(120)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_max_concurrent_calls() -> usize {
     256

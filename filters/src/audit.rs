@@ -22,9 +22,10 @@ use sluice_conf::Audit as AuditConfig;
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Queue length that wakes the writer early.
 const HIGH_WATER: usize = 4096;
-/// Beyond this many queued records (the disk cannot keep up), records are dropped and counted
-/// rather than slowing requests down or growing without bound.
+/// Beyond this many queued records, or this many bytes of them (the disk cannot keep up),
+/// records are dropped and counted rather than slowing requests down or growing without bound.
 const QUEUE_LIMIT: usize = 262_144;
+const QUEUE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 
 /// One audited request.
 #[derive(Debug, Serialize)]
@@ -50,6 +51,23 @@ pub struct AuditRecord {
     pub total_ms: f64,
 }
 
+impl AuditRecord {
+    /// About the memory the record holds while queued.
+    fn weight(&self) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        std::mem::size_of::<Self>()
+            + self.time.len()
+            + self.request_id.len()
+            + self.session.len()
+            + self.key.len()
+            + self.method.len()
+            + text(&self.server)
+            + text(&self.tool)
+            + text(&self.error)
+            + self.arguments.as_ref().map_or(0, |a| a.get().len())
+    }
+}
+
 /// Why the audit log cannot be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open the audit log {path}: {source}")]
@@ -62,6 +80,8 @@ pub struct AuditError {
 #[derive(Default)]
 struct Queue {
     records: Vec<AuditRecord>,
+    /// The [`AuditRecord::weight`] of `records`.
+    bytes: usize,
     closed: bool,
     dropped: u64,
 }
@@ -130,11 +150,16 @@ impl AuditLog {
         let Some(shared) = &self.shared else {
             return;
         };
+        let weight = record.weight();
         let mut queue = shared.lock();
-        if queue.closed || queue.records.len() >= QUEUE_LIMIT {
+        if queue.closed
+            || queue.records.len() >= QUEUE_LIMIT
+            || queue.bytes + weight > QUEUE_BYTES_LIMIT
+        {
             queue.dropped += 1;
             return;
         }
+        queue.bytes += weight;
         queue.records.push(record);
         if queue.records.len() == HIGH_WATER {
             shared.wake.notify_one();
@@ -191,6 +216,7 @@ fn write_loop(shared: &Shared, file: File, rotation: Rotation) {
                     .unwrap_or_else(|p| p.into_inner().0);
             }
             std::mem::swap(&mut batch, &mut queue.records);
+            queue.bytes = 0;
             (queue.closed, std::mem::take(&mut queue.dropped))
         };
         if dropped > 0 {

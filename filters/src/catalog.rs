@@ -320,6 +320,24 @@ impl CatalogStore {
         self.publish(servers);
     }
 
+    /// Put the servers in the configuration's order (`names`, first to last) without
+    /// touching their lists: a reload that removes or moves a server reorders the rest.
+    pub fn reorder(&self, names: &[&str]) {
+        let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = false;
+        for (order, name) in names.iter().enumerate() {
+            if let Some(entry) = servers.get_mut(*name)
+                && entry.order != order
+            {
+                entry.order = order;
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish(&servers);
+        }
+    }
+
     /// Forget a server (removed from the configuration).
     pub fn remove_server(&self, server: &str) {
         let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());

@@ -33,6 +33,9 @@ pub struct SseReader<S> {
     current: SseEvent,
     /// Bytes of `current` so far, for the cap.
     current_size: usize,
+    /// Bytes at the start of `buffer` known to hold no newline: a long line arriving in many
+    /// chunks is scanned once, not once per chunk.
+    scanned: usize,
     done: bool,
 }
 
@@ -48,6 +51,7 @@ where
             max_event,
             current: SseEvent::default(),
             current_size: 0,
+            scanned: 0,
             done: false,
         }
     }
@@ -55,7 +59,10 @@ where
     /// The next complete event; `None` when the stream ended.
     pub async fn next_event(&mut self) -> Option<Result<SseEvent, SseError>> {
         loop {
-            while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+            while let Some(end) =
+                memchr::memchr(b'\n', &self.buffer[self.scanned..]).map(|i| i + self.scanned)
+            {
+                self.scanned = 0;
                 let line = self.buffer.split_to(end + 1);
                 let line = strip_eol(&line);
                 match self.take_line(line) {
@@ -64,6 +71,7 @@ where
                     Err(e) => return Some(Err(e)),
                 }
             }
+            self.scanned = self.buffer.len();
             if self.buffer.len() + self.current_size > self.max_event {
                 return Some(Err(SseError::TooLarge(self.max_event)));
             }

@@ -50,6 +50,9 @@ impl Work {
     }
 }
 
+/// Longer tool names are refused unread (exposed names are at most 64 characters).
+const MAX_TOOL_NAME: usize = 256;
+
 /// The `tool` label of calls to names that are not in the catalog.
 const UNKNOWN_TOOL_LABEL: &str = "(unknown)";
 
@@ -165,6 +168,14 @@ pub(super) async fn tools_call(
             );
         }
     };
+    if params.name.len() > MAX_TOOL_NAME {
+        return ledger.refuse(
+            id,
+            work,
+            code::INVALID_PARAMS,
+            format!("the tool name is longer than {MAX_TOOL_NAME} characters; no tool has such a name"),
+        );
+    }
     work.tool = Some(params.name.to_string());
     work.argument_bytes = params.arguments.map_or(0, |a| a.get().len());
     // Copy the arguments only when the audit log records them: not on every call.

@@ -326,6 +326,15 @@ fn list_page(
         }
     };
     let catalog = context.endpoint.upstreams().catalog().load();
+    let items = catalog.list(kind).items();
+    if offset > 0 && offset >= items.len() {
+        return jsonrpc::error_bytes(
+            Some(id),
+            code::INVALID_PARAMS,
+            "the cursor is past the end of the list (it changed since); list again from the start",
+            None,
+        );
+    }
     let narrowed = kind == Kind::Tools && context.narrowing.is_some();
     let cache_key = (!narrowed).then(|| PageKey {
         key: context.caller.name.clone(),
@@ -341,7 +350,6 @@ fn list_page(
         return answer_page(context, id, &page);
     }
     let allowed = context.caller.grants.allowed(&catalog);
-    let items = catalog.list(kind).items();
     let mut page = String::with_capacity(1024);
     page.push_str("{\"");
     page.push_str(member);

@@ -73,6 +73,9 @@ impl Policy {
     }
 }
 
+/// The most bytes of serialized list pages kept.
+const LIST_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// A request whose head passed stages 1 to 3: the policy it is served under and its caller.
 pub struct Admission {
     policy: Arc<Policy>,
@@ -130,7 +133,7 @@ impl McpEndpoint {
             sessions: sessions.clone(),
             parking: Arc::new(relay::Parking::new(sessions)),
             services,
-            list_cache: list_cache::ListCache::new(4096),
+            list_cache: list_cache::ListCache::new(4096, LIST_CACHE_BYTES),
             live: Arc::default(),
         }
     }

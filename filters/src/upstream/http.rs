@@ -48,6 +48,8 @@ pub struct HttpConnection {
     timeout: Duration,
     /// The era to speak (see [`HttpConnection::new`]).
     era: UpstreamEra,
+    /// Held while the session is established again, so that it happens once.
+    reinitializing: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     /// Stops the GET stream listener when the connection goes.
     _listening: DropGuard,
@@ -125,6 +127,7 @@ impl HttpConnection {
             }),
             timeout,
             era,
+            reinitializing: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
             _listening: listen.clone().drop_guard(),
             listen,
@@ -321,6 +324,21 @@ impl HttpConnection {
         self.wire.set_session(None);
     }
 
+    /// Initialize again after the session `stale` was lost, once for every call that found
+    /// it lost: the first one in line runs the handshake, the others find its new session.
+    async fn initialize_once(&self, stale: Option<&HeaderValue>) -> Result<(), UpstreamError> {
+        let _one_at_a_time = self.reinitializing.lock().await;
+        let current = self.wire.current_session();
+        let replaced = match &current {
+            Some(session) => session.id.as_ref() != stale,
+            None => false,
+        };
+        if !replaced {
+            self.initialize().await?;
+        }
+        Ok(())
+    }
+
     /// Send a request and read its answer; initializes again once if the session is gone.
     /// Dropping the future cancels the request at the upstream.
     pub async fn request(
@@ -333,7 +351,7 @@ impl HttpConnection {
         let work = async {
             for attempt in 0..2 {
                 let Some(session) = wire.current_session() else {
-                    self.initialize().await?;
+                    self.initialize_once(None).await?;
                     continue;
                 };
                 if session.stateless {
@@ -355,7 +373,7 @@ impl HttpConnection {
                         SessionCheck::Gone(reason) => {
                             guard.armed = false;
                             tracing::info!(server = %wire.server, "upstream session is gone ({reason}); initializing again");
-                            self.initialize().await?;
+                            self.initialize_once(session.id.as_ref()).await?;
                             continue;
                         }
                         SessionCheck::Alive(response) => {

@@ -270,6 +270,14 @@ pub enum UpstreamError {
     },
     #[error("upstream server `{server}` sent a message Sluice cannot read: {detail}")]
     Protocol { server: Arc<str>, detail: String },
+    #[error(
+        "upstream server `{server}` is busy: {limit} calls are in flight and this one waited {waited:?} in line (`max_concurrent_calls`); retry shortly"
+    )]
+    Busy {
+        server: Arc<str>,
+        limit: usize,
+        waited: Duration,
+    },
 }
 
 impl UpstreamError {
@@ -280,7 +288,8 @@ impl UpstreamError {
             | UpstreamError::Timeout { server, .. }
             | UpstreamError::Connect { server, .. }
             | UpstreamError::Http { server, .. }
-            | UpstreamError::Protocol { server, .. } => server,
+            | UpstreamError::Protocol { server, .. }
+            | UpstreamError::Busy { server, .. } => server,
         }
     }
 }

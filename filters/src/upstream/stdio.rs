@@ -9,13 +9,16 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use sluice_conf::StdioTransport;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::mux::{self, Mux};
 use super::{Announcements, MAX_MESSAGE_BYTES, UpstreamError};
+
+/// The longest stderr line logged; longer ones are skipped.
+const MAX_STDERR_LINE: usize = 16 * 1024;
 
 /// A running child process and the tasks that talk to it.
 pub struct StdioConnection {
@@ -41,6 +44,9 @@ impl StdioConnection {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, so that stopping it stops what it started too (a
+            // launcher such as `npx` runs the server as its child).
+            .process_group(0)
             .kill_on_drop(true);
         if let Some(cwd) = &config.cwd {
             command.current_dir(cwd);
@@ -100,9 +106,17 @@ impl StdioConnection {
         {
             let server = server.clone();
             tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::info!(target: "sluice::upstream::stderr", server = %server, "{line}");
+                // Bounded like stdout: a child that writes without newlines costs no memory.
+                let mut lines =
+                    FramedRead::new(stderr, LinesCodec::new_with_max_length(MAX_STDERR_LINE));
+                while let Some(line) = lines.next().await {
+                    match line {
+                        Ok(line) => {
+                            tracing::info!(target: "sluice::upstream::stderr", server = %server, "{line}")
+                        }
+                        Err(LinesCodecError::MaxLineLengthExceeded) => {}
+                        Err(LinesCodecError::Io(_)) => break,
+                    }
                 }
             });
         }
@@ -130,7 +144,24 @@ impl StdioConnection {
     }
 }
 
+/// Kills the child's whole process group when dropped: when the child ends (its own
+/// children must not outlive it), when Sluice stops it, and when the task is dropped.
+struct ProcessGroup(Option<u32>);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            // ESRCH (nobody left in the group) is the normal case.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 async fn wait_or_kill(mut child: Child, kill: oneshot::Receiver<()>) -> String {
+    let _group = ProcessGroup(child.id());
     tokio::select! {
         status = child.wait() => match status {
             Ok(status) => format!("the process exited ({status})"),

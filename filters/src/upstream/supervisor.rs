@@ -7,7 +7,7 @@
 //! never affected.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sluice_conf::{McpServer, SessionMode, Transport};
-use tokio::sync::{OnceCell, broadcast};
+use tokio::sync::{OnceCell, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::http::HttpConnection;
@@ -64,7 +64,8 @@ impl Health {
 pub struct Upstream {
     pub name: Arc<str>,
     config: McpServer,
-    order: usize,
+    /// Position in the configuration: the catalog lists servers in this order.
+    order: AtomicUsize,
     connection: ArcSwapOption<Connection>,
     health: AtomicU8,
     last_error: Mutex<Option<String>>,
@@ -73,6 +74,8 @@ pub struct Upstream {
     retired: CancellationToken,
     /// For `session: per_client`: one upstream connection per downstream session.
     clients: Mutex<HashMap<[u8; 16], ClientSession>>,
+    /// `max_concurrent_calls` places; a call waits for one up to `queue_timeout`.
+    in_flight: Semaphore,
 }
 
 /// A `per_client` server's connection for one downstream session, opened on its first call.
@@ -93,16 +96,18 @@ impl Upstream {
         retired: CancellationToken,
         updates: broadcast::Sender<ResourceUpdate>,
     ) -> Self {
+        let in_flight = Semaphore::new(config.max_concurrent_calls.max(1));
         Upstream {
             name: Arc::from(config.name.as_str()),
             config,
-            order,
+            order: AtomicUsize::new(order),
             connection: ArcSwapOption::empty(),
             health: AtomicU8::new(Health::Starting as u8),
             last_error: Mutex::new(None),
             announcements: Arc::new(Announcements::new(updates)),
             retired,
             clients: Mutex::default(),
+            in_flight,
         }
     }
 
@@ -169,6 +174,16 @@ impl Upstream {
                         .unwrap_or_else(|| "it has not connected yet".into()),
                 })?,
         };
+        // Until its answer begins, a call holds one of the server's places.
+        let _place = tokio::time::timeout(self.config.queue_timeout, self.in_flight.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| UpstreamError::Busy {
+                server: self.name.clone(),
+                limit: self.config.max_concurrent_calls,
+                waited: self.config.queue_timeout,
+            })?;
         let outcome = connection.request(method, params, options).await;
         // Calls see an unreachable server before the next sync does: reflect it in the health
         // (readiness, metrics) at once, and recover on the next answer.
@@ -246,8 +261,19 @@ impl Upstream {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
     }
 
-    /// Connect and run the MCP handshake.
+    /// Connect and run the MCP handshake, within `connect_timeout`: a server that accepts and
+    /// never answers fails like one that refuses, so readiness and retries go on.
     async fn connect(&self) -> Result<(Connection, Hello), UpstreamError> {
+        let limit = self.config.connect_timeout;
+        tokio::time::timeout(limit, self.connect_unbounded())
+            .await
+            .map_err(|_| UpstreamError::Timeout {
+                server: self.name.clone(),
+                timeout: limit,
+            })?
+    }
+
+    async fn connect_unbounded(&self) -> Result<(Connection, Hello), UpstreamError> {
         let timeout = self.config.request_timeout;
         let announcements = self.announcements.clone();
         let connection = match self.config.transport() {
@@ -420,7 +446,7 @@ impl Upstream {
                             );
                             catalog.set_server(
                                 &self.name,
-                                self.order,
+                                self.order.load(Ordering::Relaxed),
                                 self.config.tool_prefix(),
                                 lists,
                             );
@@ -470,7 +496,12 @@ impl Upstream {
             match self.list_everything(connection, hello).await {
                 Ok(lists) => {
                     tracing::info!(server = %self.name, tools = lists.tools.len(), "upstream re-synced");
-                    catalog.set_server(&self.name, self.order, self.config.tool_prefix(), lists)
+                    catalog.set_server(
+                        &self.name,
+                        self.order.load(Ordering::Relaxed),
+                        self.config.tool_prefix(),
+                        lists,
+                    )
                 }
                 // An HTTP server that cannot be synced is reconnected; its last tools stay.
                 Err(e) => return e.to_string(),
@@ -629,7 +660,10 @@ impl Upstreams {
         for (order, config) in configs.iter().enumerate() {
             let existing = current.iter().find(|s| s.config.name == config.name);
             match existing {
-                Some(server) if server.config == *config && server.order == order => {
+                // Matched by name: a server whose settings are unchanged keeps running
+                // wherever it moved in the list.
+                Some(server) if server.config == *config => {
+                    server.order.store(order, Ordering::Relaxed);
                     next.push(server.clone());
                 }
                 _ => {
@@ -658,6 +692,8 @@ impl Upstreams {
                 changes.removed.push(old.name.to_string());
             }
         }
+        let names: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
+        self.catalog.reorder(&names);
         self.servers.store(Arc::new(next));
         changes
     }
