@@ -63,6 +63,9 @@ pub struct Limits {
     /// A request body must arrive whole within this; a slower one gets 408.
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// A kept-alive connection with no request for this long is closed.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -72,6 +75,7 @@ impl Default for Limits {
             max_header_bytes: default_max_header_bytes(),
             header_timeout: default_header_timeout(),
             body_timeout: default_body_timeout(),
+            idle_timeout: default_idle_timeout(),
         }
     }
 }
@@ -87,6 +91,9 @@ fn default_header_timeout() -> Duration {
 }
 fn default_body_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_upgrade_sock() -> PathBuf {
     PathBuf::from("/tmp/sluice-upgrade.sock")

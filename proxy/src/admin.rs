@@ -56,7 +56,12 @@ impl Admin {
             StatusCode::SERVICE_UNAVAILABLE
         };
         if !detail {
-            return (status, serde_json::json!({ "ready": ready }).to_string().into_bytes());
+            return (
+                status,
+                serde_json::json!({ "ready": ready })
+                    .to_string()
+                    .into_bytes(),
+            );
         }
         let servers: serde_json::Map<String, serde_json::Value> = self
             .upstreams

@@ -163,6 +163,10 @@ impl ProxyHttp for Gateway {
             .await?;
             return Ok(true);
         }
+        // Pingora keeps an HTTP/1.1 connection open without limit; bound its idle time.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.limits.idle_timeout.as_secs()));
+        }
         ctx.route = route(session.req_header().uri.path());
         match ctx.route {
             Route::Mcp => self.serve_mcp(session, ctx).await?,

@@ -173,7 +173,9 @@ pub(super) async fn tools_call(
             id,
             work,
             code::INVALID_PARAMS,
-            format!("the tool name is longer than {MAX_TOOL_NAME} characters; no tool has such a name"),
+            format!(
+                "the tool name is longer than {MAX_TOOL_NAME} characters; no tool has such a name"
+            ),
         );
     }
     work.tool = Some(params.name.to_string());

@@ -820,7 +820,10 @@ pub(crate) fn build_client(
     }
     let url = reqwest::Url::parse(&config.url).map_err(|e| UpstreamError::Connect {
         server: server.clone(),
-        detail: format!("invalid url `{}`: {e}", sluice_conf::redact_url(&config.url)),
+        detail: format!(
+            "invalid url `{}`: {e}",
+            sluice_conf::redact_url(&config.url)
+        ),
     })?;
     let mut builder = reqwest::Client::builder();
     if let Some(ca_file) = &config.ca_file {

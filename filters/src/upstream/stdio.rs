@@ -40,7 +40,12 @@ impl StdioConnection {
         let mut command = Command::new(&config.command);
         command
             .args(&config.args)
-            .envs(config.env.iter().map(|(name, value)| (name, value.expose())))
+            .envs(
+                config
+                    .env
+                    .iter()
+                    .map(|(name, value)| (name, value.expose())),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
