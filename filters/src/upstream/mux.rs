@@ -6,7 +6,7 @@
 //! cannot tell, and answers requests itself).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,9 +19,54 @@ use super::{
 };
 use crate::jsonrpc::code;
 
-/// Messages waiting to be written; a server that stops reading makes new calls fail at once
-/// instead of queueing without end.
+/// Messages and bytes waiting to be written; a server that stops reading makes new calls fail
+/// at once instead of queueing without end.
 const OUTGOING_QUEUE: usize = 1024;
+const OUTGOING_BYTES: usize = 16 * 1024 * 1024;
+
+/// The sending side of the queue of messages to the server, bounded in messages and bytes.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    tx: mpsc::Sender<Vec<u8>>,
+    bytes: Arc<AtomicUsize>,
+}
+
+/// Why a message was not queued.
+pub(crate) enum OutboxError {
+    Full,
+    Closed,
+}
+
+impl Outbox {
+    pub fn try_send(&self, message: Vec<u8>) -> Result<(), OutboxError> {
+        let len = message.len();
+        if self.bytes.fetch_add(len, Ordering::AcqRel) + len > OUTGOING_BYTES {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            return Err(OutboxError::Full);
+        }
+        self.tx.try_send(message).map_err(|e| {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            match e {
+                mpsc::error::TrySendError::Full(_) => OutboxError::Full,
+                mpsc::error::TrySendError::Closed(_) => OutboxError::Closed,
+            }
+        })
+    }
+}
+
+/// The writing task's side of the queue.
+pub(crate) struct OutboxReceiver {
+    rx: mpsc::Receiver<Vec<u8>>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl OutboxReceiver {
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        let message = self.rx.recv().await?;
+        self.bytes.fetch_sub(message.len(), Ordering::AcqRel);
+        Some(message)
+    }
+}
 
 /// A call waiting for its answer.
 struct PendingCall {
@@ -35,7 +80,7 @@ type Pending = Arc<Mutex<HashMap<u64, PendingCall>>>;
 pub struct Mux {
     server: Arc<str>,
     timeout: Duration,
-    outgoing: mpsc::Sender<Vec<u8>>,
+    outgoing: Outbox,
     pending: Pending,
     next_id: AtomicU64,
     /// Becomes `Some(reason)` when the connection is gone.
@@ -47,7 +92,7 @@ pub struct Mux {
 pub(crate) struct Inbound {
     server: Arc<str>,
     pending: Pending,
-    outgoing: mpsc::Sender<Vec<u8>>,
+    outgoing: Outbox,
     announcements: Arc<Announcements>,
     closed: Arc<watch::Sender<Option<String>>>,
 }
@@ -57,9 +102,15 @@ pub(crate) fn new(
     server: Arc<str>,
     timeout: Duration,
     announcements: Arc<Announcements>,
-) -> (Mux, Inbound, mpsc::Receiver<Vec<u8>>) {
+) -> (Mux, Inbound, OutboxReceiver) {
     let pending: Pending = Arc::default();
-    let (outgoing, outgoing_rx) = mpsc::channel::<Vec<u8>>(OUTGOING_QUEUE);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(OUTGOING_QUEUE);
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let outgoing = Outbox {
+        tx,
+        bytes: bytes.clone(),
+    };
+    let outgoing_rx = OutboxReceiver { rx, bytes };
     let (closed_tx, closed) = watch::channel(None);
     let inbound = Inbound {
         server: server.clone(),
@@ -122,10 +173,10 @@ impl Mux {
             self.lock_pending().remove(&id);
             std::mem::forget(guard);
             let reason = match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    "it is not reading its stdin (the queue to it is full)"
+                OutboxError::Full => {
+                    "it is not reading what Sluice sends (the queue to it is full)"
                 }
-                mpsc::error::TrySendError::Closed(_) => "its stdin is closed",
+                OutboxError::Closed => "its input is closed",
             };
             return Err(UpstreamError::Disconnected {
                 server: self.server.clone(),
@@ -170,7 +221,7 @@ impl Mux {
 struct CancelOnDrop<'a> {
     id: u64,
     pending: &'a Pending,
-    outgoing: &'a mpsc::Sender<Vec<u8>>,
+    outgoing: &'a Outbox,
     reason: &'static str,
 }
 
@@ -221,7 +272,7 @@ fn handle_line(
     server: &Arc<str>,
     line: &str,
     pending: &Pending,
-    outgoing: &mpsc::Sender<Vec<u8>>,
+    outgoing: &Outbox,
     announcements: &Announcements,
 ) {
     if line.trim().is_empty() {
@@ -283,7 +334,7 @@ fn handle_line(
                         &format!("the client did not answer `{method}`"),
                     )
                 });
-                let _ = outgoing.send(response_bytes(&id, &outcome)).await;
+                let _ = outgoing.try_send(response_bytes(&id, &outcome));
             });
         }
         (false, Some(method)) => match method.as_str() {
@@ -329,4 +380,29 @@ fn only_call_with_events(calls: &HashMap<u64, PendingCall>) -> Option<&CallOptio
 
 fn empty_result() -> Box<RawValue> {
     RawValue::from_string("{}".to_string()).unwrap_or_else(|_| unreachable!())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_queue_to_a_server_that_stops_reading_is_bounded_in_bytes() {
+        let (mux, _inbound, mut rx) = new(
+            Arc::from("stuck"),
+            Duration::from_secs(1),
+            Arc::new(Announcements::new(tokio::sync::broadcast::channel(1).0)),
+        );
+        let big = vec![b'x'; 4 * 1024 * 1024];
+        for _ in 0..OUTGOING_BYTES / big.len() {
+            assert!(mux.outgoing.try_send(big.clone()).is_ok());
+        }
+        assert!(matches!(
+            mux.outgoing.try_send(big.clone()),
+            Err(OutboxError::Full)
+        ));
+        // Once the writer takes one, there is room again.
+        assert!(rx.recv().await.is_some());
+        assert!(mux.outgoing.try_send(big).is_ok());
+    }
 }
