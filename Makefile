@@ -79,6 +79,7 @@ perf-check:
 
 bench: deps
 	$(VENV)/bin/python perf/bench.py
+	$(VENV)/bin/python perf/soak.py
 
 clean:
 	cargo clean

@@ -49,6 +49,7 @@ HEADER_SECRET = "s3cret-header"
 FORBIDDEN = (SECRET, base64.b64encode(f"{USER}:{SECRET}".encode()).decode())
 
 REQUEST_TIMEOUT = 2.0  # `request_timeout` of the faulty upstreams, seconds
+CONNECT_TIMEOUT = 2.0  # `connect_timeout` (connecting and initialize) of the hung-at-start one
 SLACK = 2.0  # what a loaded 2-core machine may add to an answer's expected time
 RECOVERY = 15.0  # a killed or flooded upstream serves again within this
 HEALTHY_MAX_LATENCY = 0.75  # a healthy call during a fault; the slow tool takes 1 s
@@ -68,8 +69,9 @@ class FaultyHttp(ListeningProc):
         super().__init__(name, argv, tmp / f"{name}.log", port)
 
 
-def secret_http(port: int, timeout: float = REQUEST_TIMEOUT) -> dict:
-    """A Streamable HTTP upstream whose URL and headers carry credentials."""
+def secret_http(port: int, timeout: float = REQUEST_TIMEOUT, **settings: str | int) -> dict:
+    """A Streamable HTTP upstream whose URL and headers carry credentials (`settings`: more of
+    the server's configuration, e.g. connect_timeout, max_concurrent_calls)."""
     return {
         "http": {
             "url": f"http://{USER}:{SECRET}@127.0.0.1:{port}/mcp?token={SECRET}",
@@ -77,6 +79,7 @@ def secret_http(port: int, timeout: float = REQUEST_TIMEOUT) -> dict:
         },
         "request_timeout": f"{timeout:g}s",
         "sync_interval": "5m",
+        **settings,
     }
 
 
@@ -259,10 +262,13 @@ def flaky(e2e_tmp):
 
 @pytest.fixture(scope="module")
 def gw(e2e_tmp, flaky):
-    """Healthy stdio server-everything, the faulty HTTP `flaky` and the faulty stdio `junky`."""
+    """Healthy stdio server-everything, the faulty HTTP `flaky`, the faulty stdio `junky`, and
+    `narrow`: the same HTTP server as flaky, taking at most two calls at once."""
     gateway = Gateway(
         e2e_tmp / "faults",
-        {"everything": stdio_everything(), "flaky": secret_http(flaky.port), "junky": faulty_stdio()},
+        {"everything": stdio_everything(), "flaky": secret_http(flaky.port), "junky": faulty_stdio(),
+         "narrow": secret_http(flaky.port, timeout=NARROW_TIMEOUT, max_concurrent_calls=NARROW_LIMIT,
+                               queue_timeout=f"{NARROW_QUEUE:g}s")},
         name="sluice-faults",
     )
     yield gateway
@@ -305,6 +311,35 @@ def test_hung_call_times_out_naming_the_server(gw, flaky, client):
         c.close()
 
 
+NARROW_LIMIT, NARROW_QUEUE, NARROW_TIMEOUT = 2, 1.0, 3.0
+
+
+def test_saturated_upstream_queues_then_refuses_naming_it(gw, client):
+    """`narrow` takes two calls at once (max_concurrent_calls): with two hung calls in flight, a
+    third waits its queue_timeout and fails naming the server; the same HTTP server under
+    another name (flaky) and the other servers answer at once meanwhile; once the hung calls
+    time out, narrow answers again."""
+    hung = [gw.client() for _ in range(NARROW_LIMIT)]
+    for c in hung:
+        c.initialize()
+    with HealthyTraffic(gw) as healthy:
+        started = time.monotonic()
+        calls = [in_thread(call, c, "narrow__hang") for c in hung]
+        time.sleep(0.3)
+        queued = call(client, "narrow__echo", {"text": "queued"})
+        assert_fault_error(queued, "narrow", within=NARROW_QUEUE + SLACK)
+        assert queued.elapsed >= NARROW_QUEUE * 0.9, f"refused before the queue timeout: {queued}"
+        assert_echo(call(client, "flaky__echo", {"text": "same server, other name"}), "same server, other name",
+                    within=HEALTHY_MAX_LATENCY)
+        for thread, out in calls:
+            assert_fault_error(joined(thread, out, 30), "narrow", within=NARROW_TIMEOUT + SLACK)
+        healthy.check()
+    assert time.monotonic() - started < NARROW_TIMEOUT + SLACK + 2
+    assert_echo(call(client, "narrow__echo", {"text": "free again"}), "free again")
+    for c in hung:
+        c.close()
+
+
 def test_slow_upstream_delays_nobody_else(gw, client):
     """Calls that take 1 s succeed; meanwhile the other servers, and the same server's fast
     tool, answer at once."""
@@ -344,14 +379,16 @@ def test_garbage_from_an_http_upstream(gw, client, tool):
 
 # (tool, what the call itself must get): "ok" the answer; "error" an error naming the server;
 # "either": either of them. After each, the server's next call must succeed at once.
-STDIO_GARBAGE = [("text_junk", "ok"), ("junk", "either"), ("wrong_id", "error"), ("flood", "error")]
+STDIO_GARBAGE = [("text_junk", "ok"), ("junk", "either"), ("wrong_id", "error"), ("flood", "error"),
+                 ("long_stderr", "ok")]
 
 
 @pytest.mark.parametrize("tool,expect", STDIO_GARBAGE, ids=[t for t, _ in STDIO_GARBAGE])
 def test_garbage_from_a_stdio_upstream(gw, client, tool, expect):
-    """A stdio server that writes a line of prose or of binary junk, answers another id, or
-    floods its stdout without a newline: the call gets its answer or an error naming the server
-    within its timeout, the gateway's memory stays bounded, and the server keeps serving."""
+    """A stdio server that writes a line of prose or of binary junk, answers another id, floods
+    its stdout without a newline, or logs a very long line on stderr: the call gets its answer
+    or an error naming the server within its timeout, the gateway's memory stays bounded, and
+    the server keeps serving (the gateway keeps reading its stdout and stderr)."""
     # A fault of an earlier case may have cost junky its process: wait until it serves.
     wait_until(lambda: "result" in call(client, "junky__pid").message, RECOVERY, "junky to serve before the fault")
     rss_before = rss_kb(gw.pid)
@@ -408,18 +445,19 @@ class PatientGateway(Gateway):
 
 def test_upstream_hung_from_the_start_holds_back_nothing(e2e_tmp):
     """An HTTP upstream that accepts connections and never answers, not even initialize: the
-    gateway gets ready within about its request_timeout (the others serve), reports it failed
+    gateway gets ready within about its connect_timeout (the others serve), reports it failed
     on /readyz without its credentials, and a call meant for it fails fast naming it."""
     tmp = e2e_tmp / "faults-hung"
     tmp.mkdir(parents=True, exist_ok=True)
     hung = FaultyHttp(tmp, "hungstart", hang=True)
     gw = None
     try:
-        gw = PatientGateway(tmp, {"everything": stdio_everything(), "hungstart": secret_http(hung.port)},
+        gw = PatientGateway(tmp, {"everything": stdio_everything(),
+                                  "hungstart": secret_http(hung.port, connect_timeout=f"{CONNECT_TIMEOUT:g}s")},
                             name="sluice-faults-hung")
-        # initialize, then (era auto) server/discover, may each take the timeout.
-        assert gw.ready_after <= 2 * REQUEST_TIMEOUT + SLACK + 2, (
-            f"/readyz took {gw.ready_after:.1f}s with one upstream hung at initialize"
+        assert gw.ready_after <= CONNECT_TIMEOUT + SLACK + 2, (
+            f"/readyz took {gw.ready_after:.1f}s with one upstream hung at initialize "
+            f"(its connect_timeout is {CONNECT_TIMEOUT:g}s)"
         )
         ready = httpx.get(f"{gw.admin_url}/readyz", timeout=10)
         assert_no_secret(ready.text, "/readyz")
