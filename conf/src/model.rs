@@ -45,6 +45,65 @@ pub struct Config {
     /// Bounds on what clients may hold of the gateway.
     #[serde(default)]
     pub limits: Limits,
+    /// The Python workers that run Code Mode scripts.
+    #[serde(default)]
+    pub code_mode: CodeMode,
+}
+
+/// Code Mode's workers and the limits of one script.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeMode {
+    /// Workers kept started and waiting; each runs one script and is replaced.
+    #[serde(default = "default_code_workers")]
+    pub workers: usize,
+    /// CPU time a script may use (the kernel stops it beyond).
+    #[serde(default = "default_code_cpu", with = "humantime_serde")]
+    pub cpu_limit: Duration,
+    /// Wall-clock time a script may take, waiting on tools included.
+    #[serde(default = "default_code_wall", with = "humantime_serde")]
+    pub time_limit: Duration,
+    /// Memory a script may allocate, in MiB.
+    #[serde(default = "default_code_memory")]
+    pub memory_mb: u64,
+    /// Bytes of printed output and result returned; the rest is cut with a note.
+    #[serde(default = "default_code_output")]
+    pub output_limit: usize,
+    /// Tool calls one script may make.
+    #[serde(default = "default_code_calls")]
+    pub max_tool_calls: usize,
+}
+
+impl Default for CodeMode {
+    fn default() -> Self {
+        CodeMode {
+            workers: default_code_workers(),
+            cpu_limit: default_code_cpu(),
+            time_limit: default_code_wall(),
+            memory_mb: default_code_memory(),
+            output_limit: default_code_output(),
+            max_tool_calls: default_code_calls(),
+        }
+    }
+}
+
+fn default_code_workers() -> usize {
+    2
+}
+fn default_code_cpu() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_code_wall() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_code_memory() -> u64 {
+    256
+}
+fn default_code_output() -> usize {
+    16 * 1024
+}
+fn default_code_calls() -> usize {
+    100
 }
 
 /// Bounds on client connections and requests. Every one has a safe default.
@@ -133,6 +192,10 @@ pub struct Key {
     pub expires_at: Option<String>,
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// Code Mode: `tools/list` shows the meta-tools (search, stubs, run a Python script)
+    /// instead of the catalog, plus the tools of servers listed `direct`.
+    #[serde(default)]
+    pub code_mode: bool,
 }
 
 /// Per-key request limits.
@@ -310,6 +373,11 @@ pub struct McpServer {
     /// `initialize`, else the stateless 2026-07-28), `session` or `stateless`.
     #[serde(default)]
     pub era: UpstreamEra,
+    /// How the server shows to keys in Code Mode: `scripts` (only through scripts, the
+    /// default), `direct` (its tools also listed as tools), `only` (through scripts for every
+    /// key, Code Mode or not).
+    #[serde(default)]
+    pub code_mode: ServerCodeMode,
     /// Tool name prefix; `None` means the server name, `""` means no prefix.
     #[serde(default)]
     pub prefix: Option<String>,
@@ -392,6 +460,20 @@ pub enum UpstreamEra {
     Auto,
     Session,
     Stateless,
+}
+
+/// How a server's tools reach callers when Code Mode is on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerCodeMode {
+    /// Keys in Code Mode reach it through scripts; other keys see its tools listed.
+    #[default]
+    Scripts,
+    /// Keys in Code Mode see its tools listed as well as through scripts.
+    Direct,
+    /// Every key reaches it only through scripts (keys not in Code Mode get the meta-tools
+    /// for it).
+    Only,
 }
 
 /// Whose upstream session a call uses.

@@ -47,12 +47,18 @@ pub enum ParseError {
     NotJson(serde_json::Error),
     #[error("the body is JSON but not a JSON-RPC 2.0 message: {0}")]
     NotJsonRpc(&'static str),
+    #[error("the body nests arrays and objects deeper than {MAX_DEPTH} levels")]
+    TooDeep,
 }
+
+/// The deepest nesting of arrays and objects accepted in a message: far beyond any tool's
+/// arguments, and short of what would make a parser, here or upstream, recurse without end.
+pub const MAX_DEPTH: usize = 100;
 
 impl ParseError {
     pub fn code(&self) -> i32 {
         match self {
-            ParseError::NotJson(_) => code::PARSE_ERROR,
+            ParseError::NotJson(_) | ParseError::TooDeep => code::PARSE_ERROR,
             ParseError::NotJsonRpc(_) => code::INVALID_REQUEST,
         }
     }
@@ -62,7 +68,8 @@ impl ParseError {
 struct Wire<'a> {
     #[serde(borrow)]
     jsonrpc: Option<&'a str>,
-    #[serde(borrow, default)]
+    /// `Some("null")` for `"id": null`, which is not a notification but a mistake.
+    #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     method: Option<&'a str>,
@@ -74,10 +81,57 @@ struct Wire<'a> {
     error: Option<&'a RawValue>,
 }
 
+/// `text` cut to `max` characters for echoing in an error message (clients can send anything
+/// as a method name or version, and a message should stay a sentence).
+pub fn shorten(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((cut, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..cut])),
+    }
+}
+
+/// A member that is present, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Whether `json` nests arrays and objects deeper than `max` (strings are skipped).
+pub fn nests_deeper_than(json: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Parse one JSON-RPC message from `body`.
 pub fn parse(body: &[u8]) -> Result<Message<'_>, ParseError> {
     // Tell "not JSON" from "JSON of the wrong shape" so each gets its own error code.
     let raw: &RawValue = serde_json::from_slice(body).map_err(ParseError::NotJson)?;
+    if nests_deeper_than(raw.get().as_bytes(), MAX_DEPTH) {
+        return Err(ParseError::TooDeep);
+    }
     let text = raw.get().trim_start();
     if text.starts_with('[') {
         return Err(ParseError::NotJsonRpc(
@@ -97,7 +151,9 @@ pub fn parse(body: &[u8]) -> Result<Message<'_>, ParseError> {
     if let Some(id) = wire.id {
         let t = id.get().as_bytes().first().copied().unwrap_or(b'n');
         if !(t == b'"' || t == b'-' || t.is_ascii_digit()) {
-            return Err(ParseError::NotJsonRpc("`id` must be a string or a number"));
+            return Err(ParseError::NotJsonRpc(
+                "`id` must be a string or a number (not null)",
+            ));
         }
     }
     if wire.method.is_none() && wire.result.is_none() && wire.error.is_none() {
@@ -154,6 +210,26 @@ pub fn error_object_bytes(id: Option<&RawValue>, error: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_nesting_and_null_ids_are_refused() {
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":{}1{}}}"#,
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        );
+        assert!(matches!(parse(deep.as_bytes()), Err(ParseError::TooDeep)));
+        // Brackets inside strings do not count.
+        let quoted = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":{{"a":"{}\"["}}}}"#,
+            "[".repeat(500)
+        );
+        assert!(parse(quoted.as_bytes()).is_ok(), "{quoted}");
+        let null = parse(br#"{"jsonrpc":"2.0","id":null,"method":"x"}"#);
+        assert_eq!(null.err().map(|e| e.code()), Some(code::INVALID_REQUEST));
+        let notification = parse(br#"{"jsonrpc":"2.0","method":"x"}"#).unwrap();
+        assert!(!notification.is_request());
+    }
 
     #[test]
     fn parses_request_and_keeps_params_raw() {

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod auth;
 pub mod catalog;
+pub mod codemode;
 pub mod jsonrpc;
 pub mod mcp;
 pub mod metrics;

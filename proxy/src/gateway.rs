@@ -68,17 +68,17 @@ impl Gateway {
                 return respond::write(session, refusal).await;
             }
         };
-        let body = match read_body(
-            session,
-            admission.max_body_bytes(),
-            self.limits.body_timeout,
-        )
-        .await?
-        {
+        let limit = admission.max_body_bytes();
+        let body = match read_body(session, limit, self.limits.body_timeout).await {
             Ok(body) => body,
-            Err(refusal) => {
+            Err(NoBody::Refused(refusal)) => {
                 session.set_keepalive(None);
                 return respond::write(session, refusal).await;
+            }
+            // A client that leaves mid-body is nobody's error.
+            Err(NoBody::ClientGone) => {
+                session.set_keepalive(None);
+                return Ok(());
             }
         };
         // The pipeline borrows the head while the connection is watched for the client going
@@ -106,26 +106,36 @@ impl Gateway {
     }
 }
 
-/// Read a request body of at most `limit` bytes within `timeout`; the refusal to send
-/// otherwise.
+/// Why there is no body to serve.
+enum NoBody {
+    /// Too large or too slow: the answer to send.
+    Refused(Response),
+    /// The connection broke while the body was being read.
+    ClientGone,
+}
+
+/// Read a request body of at most `limit` bytes within `timeout`.
 async fn read_body(
     session: &mut Session,
     limit: usize,
     timeout: Duration,
-) -> Result<std::result::Result<BytesMut, Response>> {
+) -> std::result::Result<BytesMut, NoBody> {
     let read = async {
         let mut body = BytesMut::new();
-        while let Some(chunk) = session.read_request_body().await? {
-            if body.len() + chunk.len() > limit {
-                return Ok(Err(transport::too_large(limit)));
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() > limit => {
+                    return Err(NoBody::Refused(transport::too_large(limit)));
+                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => return Ok(body),
+                Err(_) => return Err(NoBody::ClientGone),
             }
-            body.extend_from_slice(&chunk);
         }
-        Ok(Ok(body))
     };
     match tokio::time::timeout(timeout, read).await {
         Ok(read) => read,
-        Err(_) => Ok(Err(respond::too_slow(timeout))),
+        Err(_) => Err(NoBody::Refused(respond::too_slow(timeout))),
     }
 }
 

@@ -238,12 +238,8 @@ pub(super) async fn tools_call(
         let responses = params.input_responses.unwrap_or_default();
         return relay::resume(caller(context, id, binding), state, responses).await;
     }
-    let (meta, progress) = rewrite_progress(params.meta);
-    let forwarded = forward_params(
-        &tool.upstream_name,
-        params.arguments,
-        meta.as_deref().or(params.meta),
-    );
+    let ForwardMeta { meta, progress } = forward_meta(params.meta);
+    let forwarded = forward_params(&tool.upstream_name, params.arguments, meta.as_deref());
     let era = Era::of(context, "tools/call");
     relay::relay(
         caller(context, id, binding),
@@ -532,26 +528,63 @@ static NEXT_PROGRESS: AtomicU64 = AtomicU64::new(1);
 /// Replace the client's `_meta.progressToken` with one of Sluice's, unique in the process, so
 /// that progress from an upstream shared by many clients reaches the one that asked. Returns
 /// the `_meta` to forward (when changed) and the mapping.
-fn rewrite_progress(meta: Option<&RawValue>) -> (Option<Box<RawValue>>, Option<Progress>) {
+/// The client's `_meta` as it goes upstream.
+struct ForwardMeta {
+    /// `None`: send no `_meta`.
+    meta: Option<Box<RawValue>>,
+    /// The client's progress token and the one Sluice sends in its place.
+    progress: Option<Progress>,
+}
+
+/// The keys of the 2026-07-28 request envelope: Sluice speaks to each upstream in that
+/// upstream's own era, so the client's envelope stays with Sluice.
+const ENVELOPE_KEYS: [&str; 4] = [
+    "io.modelcontextprotocol/protocolVersion",
+    "io.modelcontextprotocol/clientCapabilities",
+    "io.modelcontextprotocol/clientInfo",
+    "io.modelcontextprotocol/logLevel",
+];
+
+/// Replace a progress token (per call, so that callers of a shared upstream never mix) and
+/// drop the client's era envelope; anything else in `_meta` passes unchanged.
+fn forward_meta(meta: Option<&RawValue>) -> ForwardMeta {
     let Some(meta) = meta else {
-        return (None, None);
+        return ForwardMeta {
+            meta: None,
+            progress: None,
+        };
     };
-    let Ok(mut map) = serde_json::from_str::<Map<String, Value>>(meta.get()) else {
-        return (None, None);
+    let text = meta.get();
+    let unchanged = || ForwardMeta {
+        meta: Some(meta.to_owned()),
+        progress: None,
     };
-    let Some(client) = map.get("progressToken").cloned() else {
-        return (None, None);
+    if !text.contains("progressToken") && !text.contains("io.modelcontextprotocol/") {
+        return unchanged();
+    }
+    let Ok(mut map) = serde_json::from_str::<Map<String, Value>>(text) else {
+        return unchanged();
     };
-    let upstream = format!("sluice-{}", NEXT_PROGRESS.fetch_add(1, Ordering::Relaxed));
-    map.insert("progressToken".into(), Value::String(upstream.clone()));
-    let (Ok(meta), Ok(client)) = (
-        serde_json::value::to_raw_value(&map),
-        serde_json::value::to_raw_value(&client),
-    ) else {
-        return (None, None);
+    for key in ENVELOPE_KEYS {
+        map.remove(key);
+    }
+    let mut progress = None;
+    if let Some(client) = map.get("progressToken").cloned()
+        && let Ok(client) = serde_json::value::to_raw_value(&client)
+    {
+        let upstream = format!("sluice-{}", NEXT_PROGRESS.fetch_add(1, Ordering::Relaxed));
+        map.insert("progressToken".into(), Value::String(upstream.clone()));
+        progress = Some(Progress {
+            client,
+            upstream: Value::String(upstream).to_string(),
+        });
+    }
+    let meta = if map.is_empty() {
+        None
+    } else {
+        serde_json::value::to_raw_value(&map).ok()
     };
-    let upstream = Value::String(upstream).to_string();
-    (Some(meta), Some(Progress { client, upstream }))
+    ForwardMeta { meta, progress }
 }
 
 /// Rewrites a result before it goes to the client.
@@ -585,11 +618,11 @@ async fn forward_plain(
     work.server = Some(upstream.name.clone());
     work.tool = Some(target);
     let meta = params
-        .get("_meta")
-        .and_then(|m| serde_json::value::to_raw_value(m).ok());
-    let (new_meta, progress) = rewrite_progress(meta.as_deref());
-    if let Some(new_meta) = new_meta
-        && let Ok(value) = serde_json::from_str::<Value>(new_meta.get())
+        .remove("_meta")
+        .and_then(|m| serde_json::value::to_raw_value(&m).ok());
+    let ForwardMeta { meta, progress } = forward_meta(meta.as_deref());
+    if let Some(meta) = meta
+        && let Ok(value) = serde_json::from_str::<Value>(meta.get())
     {
         params.insert("_meta".into(), value);
     }
@@ -766,6 +799,12 @@ pub(super) async fn prompts_get(
     else {
         return invalid(id, "prompts/get needs params with the prompt `name`".into());
     };
+    if params.get("arguments").is_some_and(|a| !a.is_object()) {
+        return invalid(
+            id,
+            "prompts/get `arguments` must be an object of strings".into(),
+        );
+    }
     let (upstream, upstream_name) = match resolve_prompt(context, &name) {
         Ok(found) => found,
         Err(message) => return invalid(id, message),
@@ -1050,7 +1089,7 @@ mod tests {
     #[test]
     fn progress_tokens_are_replaced_and_remembered() {
         let meta = RawValue::from_string(r#"{"progressToken":7,"other":true}"#.into()).unwrap();
-        let (meta, progress) = rewrite_progress(Some(&meta));
+        let ForwardMeta { meta, progress } = forward_meta(Some(&meta));
         let meta: Value = serde_json::from_str(meta.unwrap().get()).unwrap();
         let progress = progress.unwrap();
         assert_eq!(progress.client.get(), "7");
@@ -1060,6 +1099,21 @@ mod tests {
         );
         assert_eq!(meta["other"], true);
         let none = RawValue::from_string(r#"{"other":true}"#.into()).unwrap();
-        assert!(rewrite_progress(Some(&none)).1.is_none());
+        assert!(forward_meta(Some(&none)).progress.is_none());
+    }
+
+    #[test]
+    fn the_clients_era_envelope_stays_with_sluice() {
+        let meta = RawValue::from_string(
+            r#"{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"trace":"x"}"#.into(),
+        )
+        .unwrap();
+        let forwarded = forward_meta(Some(&meta)).meta.unwrap();
+        assert_eq!(forwarded.get(), r#"{"trace":"x"}"#);
+        let only = RawValue::from_string(
+            r#"{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}"#.into(),
+        )
+        .unwrap();
+        assert!(forward_meta(Some(&only)).meta.is_none());
     }
 }

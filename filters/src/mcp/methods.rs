@@ -75,18 +75,24 @@ pub(super) fn initialize(
     #[derive(Deserialize)]
     struct Params<'a> {
         #[serde(rename = "protocolVersion", borrow)]
-        protocol_version: Option<Cow<'a, str>>,
-        #[serde(default)]
-        capabilities: serde_json::Value,
+        protocol_version: Cow<'a, str>,
+        capabilities: serde_json::Map<String, serde_json::Value>,
+        #[serde(rename = "clientInfo", default)]
+        _client_info: Option<serde_json::Map<String, serde_json::Value>>,
     }
-    let params = message
+    let params = match message
         .params
-        .and_then(|p| serde_json::from_str::<Params<'_>>(p.get()).ok());
-    let version = protocol::negotiate(params.as_ref().and_then(|p| p.protocol_version.as_deref()));
-    let capabilities = params
-        .as_ref()
-        .map(|p| ClientCapabilities::from_json(&p.capabilities))
-        .unwrap_or_default();
+        .map(|p| serde_json::from_str::<Params<'_>>(p.get()))
+    {
+        Some(Ok(params)) => params,
+        Some(Err(e)) => {
+            return invalid_initialize(id, &e.to_string());
+        }
+        None => return invalid_initialize(id, "params are missing"),
+    };
+    let version = protocol::negotiate(Some(&params.protocol_version));
+    let capabilities =
+        ClientCapabilities::from_json(&serde_json::Value::Object(params.capabilities));
     let catalog = endpoint.upstreams().catalog().load();
     let result = InitializeResult::new(server_capabilities())
         .with_protocol_version(protocol::to_rmcp(version))
@@ -111,6 +117,22 @@ pub(super) fn initialize(
         response = response.with_header(session_header(), value);
     }
     response
+}
+
+/// `initialize` whose params are not what the specification requires.
+fn invalid_initialize(id: &RawValue, why: &str) -> Response {
+    Response::json(
+        StatusCode::OK,
+        jsonrpc::error_bytes(
+            Some(id),
+            code::INVALID_PARAMS,
+            &format!(
+                "invalid initialize params ({}); send {{\"protocolVersion\": \"2025-11-25\", \"capabilities\": {{}}, \"clientInfo\": {{\"name\": ..., \"version\": ...}}}}",
+                jsonrpc::shorten(why, 200)
+            ),
+            None,
+        ),
+    )
 }
 
 /// `server/discover` (2026-07-28): the versions, capabilities and instructions `initialize`
@@ -281,7 +303,10 @@ pub(super) async fn dispatch(context: &Context<'_>, message: &Message<'_>) -> Re
         method => json(jsonrpc::error_bytes(
             Some(id),
             code::METHOD_NOT_FOUND,
-            &format!("method `{method}` is not supported by Sluice"),
+            &format!(
+                "method `{}` is not supported by Sluice",
+                jsonrpc::shorten(method, 100)
+            ),
             None,
         )),
     }

@@ -237,6 +237,7 @@ impl McpEndpoint {
 
     /// Stages 4 to 7 for an admitted request, body read.
     pub async fn serve(&self, admission: Admission, request: Request<'_>) -> Response {
+        self.services.upstreams.started().await;
         match self.run(admission, request).await {
             Ok(response) | Err(response) => response,
         }
@@ -468,7 +469,10 @@ impl McpEndpoint {
         caller: &KeyEntry,
     ) -> Result<Session, SessionError> {
         let token = header.to_str().map_err(|_| SessionError::Malformed)?;
-        let session = self.sessions.open(token)?;
+        let opened = self.sessions.open(token);
+        // Opening may end idle sessions or admit one issued elsewhere.
+        self.count_sessions();
+        let session = opened?;
         if !session.belongs_to(&caller.name) {
             // Another key's session: as good as unknown.
             return Err(SessionError::BadSeal);

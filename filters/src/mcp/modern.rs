@@ -82,12 +82,25 @@ pub fn is_modern(headers: &HeaderMap, message: &Message<'_>) -> bool {
     let header_modern = headers
         .get(PROTOCOL_HEADER)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim() >= VERSIONS[VERSIONS.len() - 1]);
+        .is_some_and(|v| is_dated_version(v.trim()) && v.trim() >= VERSIONS[VERSIONS.len() - 1]);
     header_modern
         || message.method == Some("server/discover")
         || message
             .params
             .is_some_and(|p| p.get().contains(META_VERSION) && meta_version(p).is_some())
+}
+
+/// `YYYY-MM-DD`, the shape of every MCP version; anything else in the header is not a claim
+/// to the new era.
+fn is_dated_version(v: &str) -> bool {
+    v.len() == 10
+        && v.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
 }
 
 fn meta_version(params: &RawValue) -> Option<Value> {
@@ -119,6 +132,14 @@ pub fn check(headers: &HeaderMap, message: &Message<'_>) -> Result<Declared, Res
             None,
         ));
     };
+    if !capabilities.is_object() {
+        return Err(refuse(
+            id,
+            code::INVALID_PARAMS,
+            &format!("`params._meta.{META_CAPABILITIES}` must be an object"),
+            None,
+        ));
+    }
     let version = version.as_str().unwrap_or_default().to_string();
     let header = headers
         .get(PROTOCOL_HEADER)
@@ -129,8 +150,9 @@ pub fn check(headers: &HeaderMap, message: &Message<'_>) -> Result<Declared, Res
             id,
             codes::HEADER_MISMATCH,
             &format!(
-                "the MCP-Protocol-Version header ({}) must equal `_meta.{META_VERSION}` ({version})",
-                header.unwrap_or("missing")
+                "the MCP-Protocol-Version header ({}) must equal `_meta.{META_VERSION}` ({})",
+                crate::jsonrpc::shorten(header.unwrap_or("missing"), 40),
+                crate::jsonrpc::shorten(&version, 40)
             ),
             None,
         ));
@@ -142,10 +164,14 @@ pub fn check(headers: &HeaderMap, message: &Message<'_>) -> Result<Declared, Res
             id,
             codes::UNSUPPORTED_VERSION,
             &format!(
-                "protocol version `{version}` is not supported; Sluice speaks {}",
+                "protocol version `{}` is not supported; Sluice speaks {}",
+                crate::jsonrpc::shorten(&version, 40),
                 supported.join(", ")
             ),
-            Some(serde_json::json!({ "supported": supported, "requested": version })),
+            Some(serde_json::json!({
+                "supported": supported,
+                "requested": crate::jsonrpc::shorten(&version, 40),
+            })),
         ));
     }
     let method = message.method.unwrap_or_default();
@@ -155,8 +181,9 @@ pub fn check(headers: &HeaderMap, message: &Message<'_>) -> Result<Declared, Res
             id,
             codes::HEADER_MISMATCH,
             &format!(
-                "the Mcp-Method header ({}) must equal the body's method ({method})",
-                method_header.unwrap_or("missing")
+                "the Mcp-Method header ({}) must equal the body's method ({})",
+                crate::jsonrpc::shorten(method_header.unwrap_or("missing"), 100),
+                crate::jsonrpc::shorten(method, 100)
             ),
             None,
         ));
@@ -178,7 +205,10 @@ pub fn check(headers: &HeaderMap, message: &Message<'_>) -> Result<Declared, Res
             return Err(refuse(
                 id,
                 codes::HEADER_MISMATCH,
-                &format!("the Mcp-Name header must equal the body's name or uri ({named})"),
+                &format!(
+                    "the Mcp-Name header must equal the body's name or uri ({})",
+                    crate::jsonrpc::shorten(named, 200)
+                ),
                 None,
             ));
         }
@@ -215,7 +245,11 @@ pub fn not_found(id: Option<&RawValue>, method: &str) -> Response {
     refuse(
         id,
         code::METHOD_NOT_FOUND,
-        &format!("method `{method}` does not exist in MCP {}", VERSIONS[0]),
+        &format!(
+            "method `{}` does not exist in MCP {}",
+            crate::jsonrpc::shorten(method, 100),
+            VERSIONS[0]
+        ),
         None,
     )
     .with_status(StatusCode::NOT_FOUND)

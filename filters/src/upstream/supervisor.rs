@@ -7,7 +7,7 @@
 //! never affected.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -594,6 +594,8 @@ pub struct Upstreams {
     stopping: CancellationToken,
     /// Serializes [`Upstreams::apply`] calls.
     applying: Mutex<()>,
+    /// Every server has synced or failed once since start.
+    started: AtomicBool,
 }
 
 impl Upstreams {
@@ -618,6 +620,7 @@ impl Upstreams {
             updates,
             stopping,
             applying: Mutex::new(()),
+            started: AtomicBool::new(false),
         }
     }
 
@@ -770,6 +773,29 @@ impl Upstreams {
     /// Resource updates from every server, as they come.
     pub fn resource_updates(&self) -> broadcast::Receiver<ResourceUpdate> {
         self.updates.subscribe()
+    }
+
+    /// Wait until every server has synced or failed once since Sluice started (at most their
+    /// longest `connect_timeout`, and not at all afterwards): a request that arrives while
+    /// Sluice starts, or takes over the sockets of the process it upgrades, sees the whole
+    /// catalog rather than "unknown tool".
+    pub async fn started(&self) {
+        if self.started.load(Ordering::Relaxed) {
+            return;
+        }
+        let limit = self
+            .servers
+            .load()
+            .iter()
+            .map(|s| s.config.connect_timeout)
+            .max()
+            .unwrap_or_default()
+            + Duration::from_secs(1);
+        let deadline = Instant::now() + limit;
+        while !self.is_ready() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.started.store(true, Ordering::Relaxed);
     }
 
     /// Ready once every server has synced or failed at least once.
