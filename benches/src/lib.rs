@@ -169,6 +169,15 @@ impl Bench {
             audit: Arc::new(AuditLog::open(&config.audit).expect("audit log")),
             metrics: Arc::new(Metrics::new()),
             rate_limiter: Arc::new(LocalRateLimiter::new()),
+            code_mode: Arc::new(sluice_filters::codemode::CodeMode::new(
+                sluice_filters::codemode::pool::Pool::new(
+                    sluice_filters::codemode::pool::WorkerCommand {
+                        program: "sluice".into(),
+                        args: vec!["code-worker".into()],
+                    },
+                    &config.code_mode,
+                ),
+            )),
         };
         let endpoint = McpEndpoint::new(
             &config,

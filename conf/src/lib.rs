@@ -290,6 +290,31 @@ fn validate_limits(config: &Config, text: &str) -> Result<(), (Option<usize>, St
             "session_idle_timeout",
             "`mcp.session_idle_timeout` must be longer than 0s",
         ),
+        (
+            config.code_mode.workers == 0,
+            "workers",
+            "`code_mode.workers` must be at least 1",
+        ),
+        (
+            config.code_mode.cpu_limit.as_secs() == 0,
+            "cpu_limit",
+            "`code_mode.cpu_limit` must be at least 1s",
+        ),
+        (
+            config.code_mode.time_limit.is_zero(),
+            "time_limit",
+            "`code_mode.time_limit` must be longer than 0s",
+        ),
+        (
+            config.code_mode.memory_mb < 32,
+            "memory_mb",
+            "`code_mode.memory_mb` must be at least 32",
+        ),
+        (
+            config.code_mode.max_tool_calls == 0,
+            "max_tool_calls",
+            "`code_mode.max_tool_calls` must be at least 1",
+        ),
     ];
     if let Some((_, field, message)) = checks.iter().find(|(bad, _, _)| *bad) {
         return Err((line_of(text, field), (*message).into()));

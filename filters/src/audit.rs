@@ -32,8 +32,12 @@ const QUEUE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 pub struct AuditRecord {
     /// RFC 3339, milliseconds, UTC.
     pub time: String,
-    /// The JSON-RPC id of the request, as sent.
+    /// The JSON-RPC id of the request, as sent; for a call a Code Mode script made,
+    /// `<parent id>.<n>`.
     pub request_id: String,
+    /// For a call a Code Mode script made: the `request_id` of the `run_script` call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// A fingerprint of the session id (the id itself is a credential of sorts).
     pub session: String,
     pub key: String,
@@ -58,6 +62,7 @@ impl AuditRecord {
         std::mem::size_of::<Self>()
             + self.time.len()
             + self.request_id.len()
+            + text(&self.parent)
             + self.session.len()
             + self.key.len()
             + self.method.len()
@@ -286,6 +291,7 @@ mod tests {
         AuditRecord {
             time: now_rfc3339(),
             request_id: i.to_string(),
+            parent: None,
             session: "s".into(),
             key: "alice".into(),
             method: "tools/call".into(),

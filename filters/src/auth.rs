@@ -29,6 +29,8 @@ pub struct KeyEntry {
     expires_at: Option<SystemTime>,
     pub requests_per_minute: Option<u32>,
     pub grants: Grants,
+    /// Lists Code Mode's meta-tools instead of the catalog.
+    pub code_mode: bool,
 }
 
 impl KeyEntry {
@@ -41,6 +43,7 @@ impl KeyEntry {
             expires_at: None,
             requests_per_minute: None,
             grants: Grants::everything(),
+            code_mode: false,
         }
     }
 }
@@ -90,6 +93,7 @@ impl KeyStore {
                 expires_at,
                 requests_per_minute: key.rate_limit.as_ref().and_then(|l| l.requests_per_minute),
                 grants: Grants::for_key(key, &config.mcp.tool_groups),
+                code_mode: key.code_mode,
             };
             by_hash.insert(hash, Arc::new(entry));
         }

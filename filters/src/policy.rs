@@ -98,6 +98,7 @@ impl Grants {
 }
 
 /// Patterns from the optional per-request header that narrows (never widens) a key's tools.
+#[derive(Debug, Clone)]
 pub struct Narrowing(Vec<WildMatch>);
 
 /// Why a narrowing list is refused: it is matched against the catalog on every request, so its

@@ -45,11 +45,20 @@ enum Command {
     Check,
     /// Run the gateway (the default).
     Run,
+    /// A Code Mode worker (started by the gateway itself; runs one Python script).
+    #[command(hide = true)]
+    CodeWorker {
+        /// Confine this process, try every escape, print what happened (for tests).
+        #[arg(long)]
+        probe: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
+        Command::CodeWorker { probe: false } => sluice_filters::codemode::worker::main(),
+        Command::CodeWorker { probe: true } => sluice_filters::codemode::worker::probe(),
         Command::Check => match sluice_conf::load(&cli.config) {
             Ok(config) => {
                 println!(

@@ -12,6 +12,8 @@ use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 use sluice_filters::audit::AuditLog;
 use sluice_filters::catalog::CatalogStore;
+use sluice_filters::codemode::CodeMode;
+use sluice_filters::codemode::pool::{Pool, WorkerCommand};
 use sluice_filters::mcp::{McpEndpoint, Services};
 use sluice_filters::metrics::Metrics;
 use sluice_filters::ratelimit::LocalRateLimiter;
@@ -68,7 +70,12 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
         audit: audit.clone(),
         metrics: metrics.clone(),
         rate_limiter: Arc::new(LocalRateLimiter::new()),
+        code_mode: Arc::new(CodeMode::new(Pool::new(
+            worker_command(),
+            &config.code_mode,
+        ))),
     };
+    let code_mode = services.code_mode.clone();
     let mcp = Arc::new(McpEndpoint::new(
         &config,
         services,
@@ -137,6 +144,7 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
         "control",
         Control {
             upstreams,
+            code_mode,
             mcp,
             certificates,
             config_path: config_path.to_path_buf(),
@@ -152,6 +160,7 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
 /// Runs the upstream supervisors and applies SIGHUP reloads, on the background runtime.
 struct Control {
     upstreams: Arc<Upstreams>,
+    code_mode: Arc<CodeMode>,
     mcp: Arc<McpEndpoint>,
     certificates: Vec<Arc<Certificate>>,
     config_path: PathBuf,
@@ -193,6 +202,7 @@ impl Control {
 impl BackgroundService for Control {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         self.upstreams.start();
+        self.code_mode.pool().warm();
         let mut hangup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -209,6 +219,14 @@ impl BackgroundService for Control {
                 }
             }
         }
+    }
+}
+
+/// Code Mode workers are this binary, started as `sluice code-worker`.
+fn worker_command() -> WorkerCommand {
+    WorkerCommand {
+        program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sluice")),
+        args: vec!["code-worker".into()],
     }
 }
 

@@ -72,6 +72,8 @@ pub enum RunError {
         "the script's worker ended ({0}); its memory (`code_mode.memory_mb`) or stack may have run out"
     )]
     Crashed(String),
+    #[error("the script broke its worker: {0}")]
+    Broken(String),
     #[error("the script's worker broke the protocol: {0}")]
     Protocol(String),
 }
@@ -268,22 +270,26 @@ async fn drive(
                                 "this script made more than {} tool calls (`code_mode.max_tool_calls`)",
                                 limits.max_calls
                             ));
-                            write(&mut worker.stdin, &ToWorker::Answer { id, answer: refusal }).await?;
+                            let answer = serde_json::from_str(refusal.get()).unwrap_or_default();
+                            write(&mut worker.stdin, &ToWorker::Answer { id, answer }).await?;
                             continue;
                         }
+                        let Ok(arguments) = serde_json::value::to_raw_value(&arguments) else {
+                            return Err(RunError::Protocol("unreadable arguments".into()));
+                        };
                         let answer = call(ScriptCall { tool, arguments });
                         calls.push(async move { (id, answer.await) });
                     }
-                    Ok(FromWorker::Done { report }) => {
-                        return serde_json::from_str(report.get())
-                            .map_err(|e| RunError::Protocol(e.to_string()));
+                    Ok(FromWorker::Done { report }) => return Ok(report),
+                    Ok(FromWorker::Failed { error }) => return Err(RunError::Broken(error)),
+                    Ok(other) => {
+                        return Err(RunError::Protocol(format!("an unexpected {other:?}")));
                     }
-                    Ok(_) | Err(_) => {
-                        return Err(RunError::Protocol("an unexpected message".into()));
-                    }
+                    Err(e) => return Err(RunError::Protocol(e.to_string())),
                 }
             }
             Some((id, answer)) = calls.next(), if !calls.is_empty() => {
+                let answer = serde_json::from_str(answer.get()).unwrap_or_default();
                 write(&mut worker.stdin, &ToWorker::Answer { id, answer }).await?;
             }
             () = &mut deadline => return Err(RunError::TimeLimit(limits.time)),

@@ -23,6 +23,10 @@ for _name in ALLOWED_MODULES:
     __import__(_name)
 import json as _json
 
+# The prelude's own references: a script that reassigns `json.dumps` changes its own view only.
+_dumps = _json.dumps
+_loads = _json.loads
+
 # Modules the allowed ones load on first use, loaded now: nothing can be read from disk later.
 import datetime as _datetime
 
@@ -163,7 +167,7 @@ class _Calls:
         self.batch = None
 
     def call(self, exposed, arguments):
-        request = (exposed, _json.dumps(arguments))
+        request = (exposed, _dumps(arguments))
         if self.batch is not None:
             self.batch.append(request)
             return _Pending(len(self.batch) - 1)
@@ -189,7 +193,7 @@ class _Calls:
 def _answer(envelope, raise_errors=True):
     """The value of a tool's answer: structured content, else JSON text, else text; an error
     raises ToolError (inside parallel(...), it is returned as a ToolError instead)."""
-    answer = _json.loads(envelope)
+    answer = _loads(envelope)
     if "error" in answer:
         error = ToolError(answer["error"])
         if raise_errors:
@@ -206,7 +210,7 @@ def _answer(envelope, raise_errors=True):
         return result["structuredContent"]
     text = "\n".join(texts)
     try:
-        return _json.loads(text)
+        return _loads(text)
     except ValueError:
         return text
 
@@ -253,9 +257,9 @@ def _tool_function(calls, namespace, python_name, exposed, params):
 
 def _value(value):
     try:
-        return _json.dumps(value)
+        return _dumps(value)
     except (TypeError, ValueError):
-        return _json.dumps(repr(value))
+        return _dumps(repr(value))
 
 
 def run(script, namespaces_json, output_limit):
@@ -272,10 +276,10 @@ def run(script, namespaces_json, output_limit):
             ast.fix_missing_locations(tree)
         code = compile(tree, "<script>", "exec")
     except (SyntaxError, ScriptRefused) as e:
-        return _json.dumps({"output": "", "error": f"{type(e).__name__}: {e}", "cut": False})
+        return _dumps({"output": "", "error": f"{type(e).__name__}: {e}", "cut": False})
     calls = _Calls()
     scope = {"__builtins__": _builtins(output), "__name__": "__script__"}
-    for name, tools in _json.loads(namespaces_json).items():
+    for name, tools in _loads(namespaces_json).items():
         scope[name] = _Namespace(name, {k: (v[0], v[1]) for k, v in tools.items()}, calls)
     scope["parallel"] = lambda *thunks: calls.parallel(thunks)
     scope["call_tool"] = lambda name, **arguments: calls.call(name, arguments)
@@ -289,7 +293,7 @@ def run(script, namespaces_json, output_limit):
         _guard.active = False
     error = None if failure is None else _describe(failure)
     result = scope.get("__result__", scope.get("result"))
-    return _json.dumps({
+    return _dumps({
         "output": output.text(),
         "result": None if result is None else _value(result),
         "error": error,
@@ -298,15 +302,21 @@ def run(script, namespaces_json, output_limit):
 
 
 def _describe(error):
-    """The error and the script lines it went through (never the worker's own frames)."""
+    """The error and the script lines it went through (never the worker's own frames), with
+    repeats folded (deep recursion) and at most the last few kept."""
     lines = []
     tb = error.__traceback__
     while tb is not None:
         if tb.tb_frame.f_code.co_filename == "<script>":
-            lines.append(f"  script line {tb.tb_lineno}")
+            line = f"  script line {tb.tb_lineno}"
+            if lines and lines[-1][0] == line:
+                lines[-1][1] += 1
+            else:
+                lines.append([line, 1])
         tb = tb.tb_next
-    where = ("\n" + "\n".join(lines)) if lines else ""
-    return f"{type(error).__name__}: {error}{where}"
+    shown = [line if n == 1 else f"{line} (x{n})" for line, n in lines[-8:]]
+    where = ("\n" + "\n".join(shown)) if shown else ""
+    return f"{type(error).__name__}: {str(error)[:1000]}{where}"
 
 
 class _Guard:

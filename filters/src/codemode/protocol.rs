@@ -7,7 +7,7 @@
 //! bounded, and every tool call goes through the key's grants like any other call.
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde_json::Value;
 
 /// Gateway to worker.
 #[derive(Debug, Serialize, Deserialize)]
@@ -20,9 +20,9 @@ pub enum ToWorker {
         namespaces: String,
         output_limit: usize,
     },
-    /// The answer to call `id`: the JSON of `{"result": <tools/call result>}` or
-    /// `{"error": "<message>"}`.
-    Answer { id: u64, answer: Box<RawValue> },
+    /// The answer to call `id`: `{"result": <tools/call result>}` or `{"error": "<message>"}`.
+    /// (Values, not raw JSON: a tagged enum cannot hold raw JSON.)
+    Answer { id: u64, answer: Value },
 }
 
 /// Worker to gateway.
@@ -37,10 +37,10 @@ pub enum FromWorker {
     Call {
         id: u64,
         tool: String,
-        arguments: Box<RawValue>,
+        arguments: Value,
     },
-    /// The script ended: the JSON of [`Report`].
-    Done { report: Box<RawValue> },
+    /// The script ended.
+    Done { report: Report },
 }
 
 /// How a script ended, as the worker tells it.

@@ -11,7 +11,6 @@ use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use pyo3::prelude::*;
-use serde_json::value::RawValue;
 
 use super::protocol::{FromWorker, ToWorker};
 use super::sandbox::{self, Confinement};
@@ -21,6 +20,7 @@ pub const CPU_ENV: &str = "SLUICE_CODE_CPU_SECONDS";
 pub const MEMORY_ENV: &str = "SLUICE_CODE_MEMORY_BYTES";
 
 const PRELUDE: &str = include_str!("prelude.py");
+const PROBE: &str = include_str!("probe.py");
 
 /// Tool calls from the script, and the answers to them, over stdout and stdin.
 #[pymodule]
@@ -34,7 +34,7 @@ mod _sluice {
         let count = requests.len() as u64;
         let first = next_ids(count);
         for (offset, (tool, arguments)) in requests.into_iter().enumerate() {
-            let arguments = RawValue::from_string(arguments).map_err(|e| {
+            let arguments = serde_json::from_str(&arguments).map_err(|e| {
                 pyo3::exceptions::PyValueError::new_err(format!("arguments are not JSON: {e}"))
             })?;
             send(&FromWorker::Call {
@@ -48,7 +48,7 @@ mod _sluice {
         while answers.iter().any(Option::is_none) {
             match receive() {
                 Some(ToWorker::Answer { id, answer }) if (first..first + count).contains(&id) => {
-                    answers[(id - first) as usize] = Some(answer.get().to_string());
+                    answers[(id - first) as usize] = Some(answer.to_string());
                 }
                 Some(_) => {}
                 None => {
@@ -83,6 +83,44 @@ fn receive() -> Option<ToWorker> {
         Ok(0) | Err(_) => None,
         Ok(_) => serde_json::from_str(&line).ok(),
     }
+}
+
+/// `sluice code-worker --probe`: confine this process as a worker would be, try every escape
+/// from plain Python (no prelude checks), and print what happened as JSON. For tests of the
+/// process boundary; it runs no script.
+pub fn probe() -> ExitCode {
+    Python::initialize();
+    let outcome = Python::attach(|py| -> Result<String, String> {
+        let code = CString::new(PROBE).map_err(|e| e.to_string())?;
+        let probe = PyModule::from_code(py, &code, c"sluice_probe.py", c"sluice_probe")
+            .map_err(|e| e.to_string())?;
+        let layers = sandbox::confine(Confinement {
+            cpu_seconds: 10,
+            memory_bytes: 256 << 20,
+        })
+        .map_err(|e| e.to_string())?;
+        let results: String = probe
+            .call_method0("attempts")
+            .and_then(|r| r.extract())
+            .map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{{\"confinement\":{layers:?},\"attempts\":{results}}}"
+        ))
+    });
+    match outcome.and_then(|line| send_line(&line).map_err(|e| e.to_string())) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            let _ = send(&FromWorker::Failed { error: e });
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn send_line(line: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes())?;
+    out.write_all(b"\n")?;
+    out.flush()
 }
 
 /// The worker's `main`.
@@ -131,7 +169,7 @@ fn serve() -> Result<(), String> {
             .call1((script, namespaces, output_limit))
             .and_then(|r| r.extract())
             .map_err(|e| format!("the worker failed running the script: {e}"))?;
-        let report = RawValue::from_string(report).map_err(|e| e.to_string())?;
+        let report = serde_json::from_str(&report).map_err(|e| e.to_string())?;
         send(&FromWorker::Done { report }).map_err(|e| e.to_string())
     })?;
     // Exit without finalizing the interpreter: the process is done, and finalizing could

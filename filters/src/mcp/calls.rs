@@ -37,7 +37,7 @@ pub(super) struct Work {
 }
 
 impl Work {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Work {
             server: None,
             tool: None,
@@ -58,29 +58,49 @@ const UNKNOWN_TOOL_LABEL: &str = "(unknown)";
 
 /// What the audit record of one call needs, owned, so that a streamed call can be recorded
 /// when it ends.
-struct Ledger {
+pub(super) struct Ledger {
     services: Services,
     key: Arc<str>,
     request_id: String,
+    /// The `run_script` call a script's call was made by.
+    parent: Option<String>,
     session: String,
     method: &'static str,
     started: Instant,
 }
 
 impl Ledger {
-    fn new(context: &Context<'_>, id: &RawValue, method: &'static str) -> Self {
+    pub(super) fn new(context: &Context<'_>, id: &RawValue, method: &'static str) -> Self {
         Ledger {
             services: context.endpoint.services.clone(),
             key: context.caller.name.clone(),
             request_id: id.get().to_string(),
+            parent: None,
             session: context.session.fingerprint.to_string(),
             method,
             started: context.started,
         }
     }
 
+    /// The ledger of tool call `n` of the script that `parent` (the `run_script` call) ran.
+    pub(super) fn child(parent: &Ledger, n: usize) -> Self {
+        Ledger {
+            services: parent.services.clone(),
+            key: parent.key.clone(),
+            request_id: format!("{}.{n}", parent.request_id),
+            parent: Some(parent.request_id.clone()),
+            session: parent.session.clone(),
+            method: "tools/call",
+            started: Instant::now(),
+        }
+    }
+
+    pub(super) fn services(&self) -> &Services {
+        &self.services
+    }
+
     /// Write the audit record (and, for tool calls, the metrics) of `work`.
-    fn record(self, work: Work) {
+    pub(super) fn record(&self, work: Work) {
         let metrics = &self.services.metrics;
         if self.method == "tools/call" {
             // A name the catalog does not know shares one series: names a caller makes up
@@ -102,8 +122,9 @@ impl Ledger {
         }
         self.services.audit.record(AuditRecord {
             time: now_rfc3339(),
-            request_id: self.request_id,
-            session: self.session,
+            request_id: self.request_id.clone(),
+            parent: self.parent.clone(),
+            session: self.session.clone(),
             key: self.key.to_string(),
             method: self.method.to_string(),
             server: work.server.map(|s| s.to_string()),
@@ -118,7 +139,13 @@ impl Ledger {
     }
 
     /// Refuse the call with a JSON-RPC error, recorded.
-    fn refuse(self, id: &RawValue, mut work: Work, code: i32, message: String) -> Response {
+    pub(super) fn refuse(
+        self,
+        id: &RawValue,
+        mut work: Work,
+        code: i32,
+        message: String,
+    ) -> Response {
         let body = jsonrpc::error_bytes(Some(id), code, &message, None);
         work.error = Some(message);
         self.record(work);
@@ -194,6 +221,17 @@ pub(super) async fn tools_call(
             "tools/call `arguments` must be an object".into(),
         );
     }
+    if super::scripts::is_meta_for(context, &params.name) {
+        return super::scripts::meta_call(
+            context,
+            id,
+            &params.name,
+            params.arguments,
+            ledger,
+            work,
+        )
+        .await;
+    }
     let catalog = context.endpoint.upstreams().catalog().load();
     let allowed = context.caller.grants.allowed(&catalog);
     let Some((index, tool)) = catalog.find(&params.name) else {
@@ -217,6 +255,20 @@ pub(super) async fn tools_call(
             format!(
                 "tool `{}` is not granted to key `{}`; ask the gateway's operator to add it to the key or one of its tool groups",
                 params.name, context.caller.name
+            ),
+        );
+    }
+    if !context.lists_directly(&tool.server) {
+        work.status = "denied";
+        return ledger.refuse(
+            id,
+            work,
+            code::INVALID_PARAMS,
+            format!(
+                "tool `{}` is reached through Code Mode for key `{}`: call it from a `{}` script",
+                params.name,
+                context.caller.name,
+                crate::codemode::RUN
             ),
         );
     }
@@ -1030,7 +1082,7 @@ pub(super) fn set_level(
 }
 
 /// Whether a tool result says `isError: true` (read without building the whole value).
-fn is_error_result(result: &RawValue) -> bool {
+pub(super) fn is_error_result(result: &RawValue) -> bool {
     #[derive(Deserialize)]
     struct Flag {
         #[serde(rename = "isError", default)]

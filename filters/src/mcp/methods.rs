@@ -28,6 +28,7 @@ use crate::jsonrpc::{self, Message, code};
 use crate::policy::Narrowing;
 use crate::protocol;
 use crate::session::{ClientCapabilities, Session};
+use sluice_conf::ServerCodeMode;
 
 /// What a method needs to know about the request it serves.
 pub(super) struct Context<'a> {
@@ -54,6 +55,47 @@ impl Context<'_> {
     ) -> bool {
         allowed.contains_in(kind, index)
             && (kind != Kind::Tools || self.narrowing.is_none_or(|n| n.matches(name)))
+    }
+
+    /// Whether the tools of `server` are listed to this caller, and callable directly: in Code
+    /// Mode only those of servers marked `direct`; otherwise all but those marked `only`.
+    pub fn lists_directly(&self, server: &str) -> bool {
+        let mode = self
+            .policy
+            .code_mode_servers
+            .get(server)
+            .copied()
+            .unwrap_or_default();
+        match (self.caller.code_mode, mode) {
+            (true, ServerCodeMode::Direct) => true,
+            (true, _) => false,
+            (false, ServerCodeMode::Only) => false,
+            (false, _) => true,
+        }
+    }
+
+    /// Whether this caller gets Code Mode's meta-tools: a key in Code Mode, or one granted a
+    /// tool of a server reached only through Code Mode.
+    pub fn uses_code_mode(&self, catalog: &Catalog, allowed: &crate::policy::Allowed) -> bool {
+        if self.caller.code_mode {
+            return true;
+        }
+        let only =
+            |server: &str| self.policy.code_mode_servers.get(server) == Some(&ServerCodeMode::Only);
+        if !self
+            .policy
+            .code_mode_servers
+            .values()
+            .any(|m| *m == ServerCodeMode::Only)
+        {
+            return false;
+        }
+        catalog
+            .list(Kind::Tools)
+            .items()
+            .iter()
+            .enumerate()
+            .any(|(i, entry)| allowed.contains(i) && only(&entry.server))
     }
 }
 
@@ -381,17 +423,29 @@ fn list_page(
     page.push_str("\":[");
     let mut count = 0;
     let mut next = None;
+    // Code Mode's meta-tools lead the first page, beside the page's own tools.
+    let mut first = true;
+    if kind == Kind::Tools && offset == 0 && context.uses_code_mode(&catalog, &allowed) {
+        for definition in crate::codemode::CodeMode::definitions() {
+            page.push_str(if first { "" } else { "," });
+            page.push_str(definition.get());
+            first = false;
+        }
+    }
     for (index, item) in items.iter().enumerate().skip(offset) {
-        if !context.may_use(kind, index, &item.exposed_name, &allowed) {
+        if !context.may_use(kind, index, &item.exposed_name, &allowed)
+            || (kind == Kind::Tools && !context.lists_directly(&item.server))
+        {
             continue;
         }
         if count == context.policy.page_size {
             next = Some(index);
             break;
         }
-        if count > 0 {
+        if !first {
             page.push(',');
         }
+        first = false;
         page.push_str(item.definition.get());
         count += 1;
     }

@@ -21,6 +21,7 @@ pub mod live;
 mod methods;
 pub mod modern;
 mod relay;
+mod scripts;
 mod stream;
 pub mod transport;
 
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 use ::http::header::{HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use ::http::{HeaderMap, Method, StatusCode};
 use arc_swap::ArcSwap;
-use sluice_conf::Config;
+use sluice_conf::{Config, ServerCodeMode};
 use tokio::sync::watch;
 
 pub use self::calls::forward_params;
@@ -59,6 +60,8 @@ pub struct Policy {
     pub page_size: usize,
     pub allowed_origins: Vec<String>,
     pub keys: KeyStore,
+    /// How each server shows in Code Mode (servers not named here: `scripts`).
+    pub code_mode_servers: std::collections::HashMap<String, ServerCodeMode>,
 }
 
 impl Policy {
@@ -69,6 +72,12 @@ impl Policy {
             page_size: config.mcp.page_size,
             allowed_origins: config.mcp.allowed_origins.clone(),
             keys: KeyStore::from_config(config),
+            code_mode_servers: config
+                .mcp
+                .servers
+                .iter()
+                .map(|s| (s.name.clone(), s.code_mode))
+                .collect(),
         }
     }
 }
@@ -98,6 +107,7 @@ pub struct Services {
     pub audit: Arc<AuditLog>,
     pub metrics: Arc<Metrics>,
     pub rate_limiter: Arc<dyn RateLimiter>,
+    pub code_mode: Arc<crate::codemode::CodeMode>,
 }
 
 /// Serves `/mcp`.
@@ -146,6 +156,7 @@ impl McpEndpoint {
             .store(Arc::new(Policy::from_config(config, version)));
         self.policy_changes.send_replace(version);
         self.sessions.set_limits(session_limits(config));
+        self.services.code_mode.pool().reload(&config.code_mode);
     }
 
     /// Refresh the gauge of sessions in use here.
