@@ -20,6 +20,7 @@ ENV = {
     "DOCS_TOKEN": "docs-token",
     "ALICE_KEY": "alice-key-0123456789",
     "BOB_KEY": "bob-key-0123456789",
+    "SLUICE_CODER_KEY": "coder-key-0123456789",
 }
 
 
