@@ -35,6 +35,8 @@ _datetime.datetime.strptime("2026", "%Y")
 
 # Attributes that lead from an object to frames, code and globals.
 FORBIDDEN_ATTRIBUTES = frozenset({
+    # str.format reaches attributes from inside a string, out of the checks' sight.
+    "format", "format_map", "vformat",
     "ag_code", "ag_frame", "cr_code", "cr_frame", "f_back", "f_builtins", "f_code", "f_globals",
     "f_locals", "gi_code", "gi_frame", "gi_yieldfrom", "tb_frame", "tb_next", "co_code", "mro",
 })
@@ -53,6 +55,12 @@ def _refuse_private(name):
         raise AttributeError(f"`{name}` is not available in Code Mode scripts")
 
 
+def _attribute_refusal(name):
+    if name in ("format", "format_map", "vformat"):
+        return f"`.{name}()` is not available; use an f-string"
+    return f"the attribute `{name}` is not allowed"
+
+
 def _check(tree):
     """Refuse what a script may not write: private names and attributes, frame attributes,
     imports outside the allow-list."""
@@ -60,7 +68,7 @@ def _check(tree):
         if isinstance(node, ast.Attribute) and (
             node.attr.startswith("_") or node.attr in FORBIDDEN_ATTRIBUTES
         ):
-            raise ScriptRefused(f"line {node.lineno}: the attribute `{node.attr}` is not allowed")
+            raise ScriptRefused(f"line {node.lineno}: {_attribute_refusal(node.attr)}")
         if isinstance(node, ast.Name) and node.id.startswith("__"):
             raise ScriptRefused(f"line {node.lineno}: the name `{node.id}` is not allowed")
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -79,10 +87,47 @@ def _check(tree):
             raise ScriptRefused(f"line {node.lineno}: async code is not available; use parallel(...)")
 
 
+class _ModuleView:
+    """What a script gets for an allowed module: its public attributes, but never another
+    module (`statistics.sys` would lead to `sys.modules` and everything loaded)."""
+
+    __slots__ = ("_module",)
+
+    def __init__(self, module):
+        object.__setattr__(self, "_module", module)
+
+    def __getattr__(self, name):
+        module = object.__getattribute__(self, "_module")
+        _refuse_private(name)
+        value = getattr(module, name)
+        if isinstance(value, type(sys)):
+            full = f"{module.__name__}.{name}"
+            if full.split(".")[0] in ALLOWED_MODULES and full in sys.modules and name in ALLOWED_SUBMODULES:
+                return _ModuleView(value)
+            raise AttributeError(f"`{full}` is a module scripts cannot reach")
+        return value
+
+    def __setattr__(self, name, value):
+        raise AttributeError("modules cannot be changed in Code Mode scripts")
+
+    def __delattr__(self, name):
+        raise AttributeError("modules cannot be changed in Code Mode scripts")
+
+    def __repr__(self):
+        return f"<module {object.__getattribute__(self, '_module').__name__}>"
+
+
+# Submodules of allowed modules that scripts may reach (`collections.abc`).
+ALLOWED_SUBMODULES = frozenset({"abc"})
+import collections.abc  # noqa: E402,F401 - loaded now, reachable as collections.abc
+
+
 def _safe_import(name, globals=None, locals=None, fromlist=(), level=0):
     if level != 0 or name.split(".")[0] not in ALLOWED_MODULES:
         raise ImportError(f"`import {name}` is not allowed in Code Mode scripts")
-    return sys.modules[name.split(".")[0]] if not fromlist else sys.modules[name]
+    if name not in sys.modules:
+        raise ImportError(f"`import {name}` is not available in Code Mode scripts")
+    return _ModuleView(sys.modules[name.split(".")[0]] if not fromlist else sys.modules[name])
 
 
 def _safe_getattr(obj, name, *default):
@@ -293,9 +338,14 @@ def run(script, namespaces_json, output_limit):
         _guard.active = False
     error = None if failure is None else _describe(failure)
     result = scope.get("__result__", scope.get("result"))
+    value = None if result is None else _value(result)
+    room = max(0, output.limit - output.size)
+    if value is not None and len(value) > room:
+        value = value[:room]
+        output.cut = True
     return _dumps({
         "output": output.text(),
-        "result": None if result is None else _value(result),
+        "result": value,
         "error": error,
         "cut": output.cut,
     })

@@ -573,6 +573,18 @@ impl Wire {
                 .map_err(|detail| self.protocol(detail))?;
             let message: UpstreamMessage = serde_json::from_slice(&body)
                 .map_err(|e| self.protocol(format!("the JSON answer is invalid: {e}")))?;
+            if message.numeric_id() != Some(id) {
+                return Err(self.protocol(format!(
+                    "it answered request {id} with the id {}",
+                    message
+                        .id
+                        .as_deref()
+                        .map_or("(none)", |i| i.get())
+                        .chars()
+                        .take(40)
+                        .collect::<String>()
+                )));
+            }
             return message
                 .into_outcome()
                 .ok_or_else(|| self.protocol("the answer has no `result` or `error`".into()));
