@@ -137,6 +137,17 @@ def proc_sample(pid: int) -> dict:
     }
 
 
+def established(local_port: int) -> int:
+    """TCP connections established to 127.0.0.1:`local_port` (Sluice's clients), from
+    /proc/net/tcp."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == local_port:
+            count += 1
+    return count
+
+
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
@@ -227,9 +238,19 @@ def run(args, work: Path) -> tuple[dict, list[str]]:
         args.oha_command = shlex.join(argv).replace(
             f"'Authorization: Bearer {key}'", '"Authorization: Bearer $SLUICE_BENCH_KEY"')
 
+        def sample_sluice() -> dict:
+            """/proc of Sluice, and the connections it holds: from clients (/proc/net/tcp) and to
+            the upstream (its /stats, less the connection of that request). Every other open
+            file descriptor ("other fds") must stay flat."""
+            sample = proc_sample(sluice.pid)
+            sample["clients"] = established(port)
+            sample["upstream_conns"] = json.loads(http("GET", stats_url)[2])["connections_open"] - 1
+            sample["other_fds"] = sample["fds"] - sample["clients"] - sample["upstream_conns"]
+            return sample
+
         before = metrics(admin_url)
         upstream_before = json.loads(http("GET", stats_url)[2])
-        idle = proc_sample(sluice.pid)
+        idle = sample_sluice()
         samples = [{"t": 0.0, **idle}]
         reloads = {"sent": 0, "done": 0, "refused": 0, "late": []}
         oha_out = work / "oha-soak.json"
@@ -270,12 +291,13 @@ def run(args, work: Path) -> tuple[dict, list[str]]:
                 print(f"  {now:6.0f} s  reload #{reloads['sent']} (SIGHUP)", flush=True)
             if sample_at and now >= sample_at[0]:
                 sample_at.pop(0)
-                sample = {"t": now, **proc_sample(sluice.pid)}
+                sample = {"t": now, **sample_sluice()}
                 previous = samples[-1]
                 sample["cores"] = (sample["cpu_s"] - previous["cpu_s"]) / max(now - previous["t"], 1e-9)
                 samples.append(sample)
-                print(f"  {now:6.0f} s  RSS {sample['rss_kb'] / 1024:6.1f} MB  fds {sample['fds']:4d}  "
-                      f"threads {sample['threads']:3d}  CPU {sample['cores']:.2f} cores", flush=True)
+                print(f"  {now:6.0f} s  RSS {sample['rss_kb'] / 1024:6.1f} MB  fds {sample['fds']:4d} "
+                      f"(clients {sample['clients']}, upstream {sample['upstream_conns']}, other "
+                      f"{sample['other_fds']})  threads {sample['threads']:3d}  CPU {sample['cores']:.2f} cores", flush=True)
         elapsed = time.monotonic() - started
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         generator = (children.ru_utime + children.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
@@ -283,7 +305,7 @@ def run(args, work: Path) -> tuple[dict, list[str]]:
         other_cores = max(machine_busy_seconds() - busy_before - ours, 0.0) / elapsed
         upstream_cpu_before_end = services["upstream"].cpu_seconds() - upstream_cpu_before
         time.sleep(1)  # the load's connections close
-        after_load = proc_sample(sluice.pid)
+        after_load = sample_sluice()
         if oha.returncode != 0:
             raise BenchError(f"oha failed ({oha.returncode}): {args.oha_command}\n"
                              f"{(work / 'oha-soak.err').read_text(errors='replace')[-2000:]}")
@@ -340,6 +362,9 @@ def summarize(args, report, before, after, samples, after_load, reloads, upstrea
         "rss_end_mb": samples[-1]["rss_kb"] / 1024, "rss_max_mb": max(s["rss_kb"] for s in loaded) / 1024,
         "fds_idle": samples[0]["fds"], "fds_warm": warm["fds"], "fds_end": samples[-1]["fds"],
         "fds_max": max(s["fds"] for s in loaded),
+        "other_fds_idle": samples[0]["other_fds"], "other_fds_warm": warm["other_fds"],
+        "other_fds_end": samples[-1]["other_fds"], "other_fds_max": max(s["other_fds"] for s in loaded),
+        "other_fds_after": after_load["other_fds"],
         "rss_after_mb": after_load["rss_kb"] / 1024, "fds_after": after_load["fds"],
         "cores": (samples[-1]["cpu_s"] - samples[0]["cpu_s"]) / samples[-1]["t"],
     }
@@ -351,9 +376,14 @@ def summarize(args, report, before, after, samples, after_load, reloads, upstrea
     if result["rss_end_mb"] > result["rss_warm_mb"] * (1 + args.rss_growth):
         failures.append(f"RSS grew from {result['rss_warm_mb']:.1f} MB after warm-up to "
                         f"{result['rss_end_mb']:.1f} MB at the end (limit +{args.rss_growth:.0%})")
-    if result["fds_end"] > result["fds_warm"] + args.fd_slack:
-        failures.append(f"open file descriptors grew from {result['fds_warm']} after warm-up to "
-                        f"{result['fds_end']} at the end (limit +{args.fd_slack})")
+    if result["other_fds_end"] > result["other_fds_warm"] + args.fd_slack:
+        failures.append(f"file descriptors other than client and upstream connections grew from "
+                        f"{result['other_fds_warm']} after warm-up to {result['other_fds_end']} at the end "
+                        f"(limit +{args.fd_slack})")
+    if result["fds_max"] > result["fds_idle"] + 2 * args.connections + args.fd_slack:
+        failures.append(f"{result['fds_max']} open file descriptors: more than idle ({result['fds_idle']}) "
+                        f"+ one per client connection and one upstream connection per request in flight "
+                        f"(2 x {args.connections}) + {args.fd_slack}")
     if result["achieved_rps"] < 0.95 * args.rate:
         failures.append(f"only {result['achieved_rps']:.0f} RPS of {args.rate} achieved")
     return result, failures
@@ -367,9 +397,11 @@ def table(r: dict, args) -> str:
            "| requests | achieved RPS | p50 ms | p99 ms | p99.9 ms | max ms | unexpected errors "
            "| expected errors (unknown tool) | tools/call ok | reloads applied "
            "| RSS MB: idle / after warm-up / end / max / after the load "
-           "| fds: idle / after warm-up / end / max / after the load | CPU (cores): Sluice / upstream / oha "
+           "| fds: idle / after warm-up / end / max / after the load "
+           "| other fds (not a client or upstream connection): idle / after warm-up / end / max / after the load "
+           "| CPU (cores): Sluice / upstream / oha "
            "| other load (cores) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
            f"| {r['requests']} | {r['achieved_rps']:.0f} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} "
            f"| {fmt(r['p999_ms'])} | {fmt(r['max_ms'])} "
            f"| {unexpected:.0f}{' ' + str(r['unexpected']) if unexpected else ''} | {r['expected_errors']:.0f} "
@@ -377,6 +409,8 @@ def table(r: dict, args) -> str:
            f"| {r['rss_idle_mb']:.1f} / {r['rss_warm_mb']:.1f} / {r['rss_end_mb']:.1f} / {r['rss_max_mb']:.1f} "
            f"/ {r['rss_after_mb']:.1f} "
            f"| {r['fds_idle']} / {r['fds_warm']} / {r['fds_end']} / {r['fds_max']} / {r['fds_after']} "
+           f"| {r['other_fds_idle']} / {r['other_fds_warm']} / {r['other_fds_end']} / {r['other_fds_max']} "
+           f"/ {r['other_fds_after']} "
            f"| {r['cores']:.2f} / {r['upstream_cores']:.2f} / {r['generator_cores']:.2f} | {r['other_cores']:.2f} |",
            "",
            f"Mix (share of requests): {mix}; "
@@ -389,13 +423,15 @@ def table(r: dict, args) -> str:
            f"Samples of Sluice under load (every {args.sample_every:g} s"
            + ("; shown once a minute and the last" if len(r["samples"]) > 13 else "") + "; 'end' is the "
            "last, 1 s before the load ends; 'after the load' is 1 s after it ended):", "",
-           "| t s | RSS MB | fds | threads | Sluice CPU (cores) |", "|---|---|---|---|---|"]
+           "| t s | RSS MB | fds | client conns | upstream conns | other fds | threads | Sluice CPU (cores) |",
+           "|---|---|---|---|---|---|---|---|"]
     shown = r["samples"]
     if len(shown) > 13:
         shown = [s for s in shown[:-1] if round(s["t"]) % 60 == 0] + shown[-1:]
     for s in shown:
         cores = f"{s['cores']:.2f}" if "cores" in s else "idle"
-        out.append(f"| {s['t']:.0f} | {s['rss_kb'] / 1024:.1f} | {s['fds']} | {s['threads']} | {cores} |")
+        out.append(f"| {s['t']:.0f} | {s['rss_kb'] / 1024:.1f} | {s['fds']} | {s['clients']} | {s['upstream_conns']} "
+                   f"| {s['other_fds']} | {s['threads']} | {cores} |")
     return "\n".join(out)
 
 
@@ -455,8 +491,9 @@ def parse_args() -> argparse.Namespace:
                         "of a shorter run)")
     p.add_argument("--rss-growth", type=float, default=0.20,
                    help="allowed RSS growth from after warm-up to the end (default 0.20)")
-    p.add_argument("--fd-slack", type=int, default=16,
-                   help="allowed growth of open file descriptors from after warm-up to the end")
+    p.add_argument("--fd-slack", type=int, default=8,
+                   help="allowed growth, from after warm-up to the end, of the file descriptors that "
+                        "are not client or upstream connections (default 8)")
     p.add_argument("--connections", type=int, default=64, help="oha connections (-c)")
     p.add_argument("--tools", type=int, default=50, help="tools in the upstream's catalog (default 50)")
     p.add_argument("--threads", type=int, default=2, help="worker threads of the upstream")
@@ -501,7 +538,8 @@ def main() -> int:
         return 1
     print(f"soak OK: {result['requests']} requests at {result['achieved_rps']:.0f} RPS, no unexpected error, "
           f"RSS {result['rss_warm_mb']:.1f} -> {result['rss_end_mb']:.1f} MB, "
-          f"fds {result['fds_warm']} -> {result['fds_end']}")
+          f"fds {result['fds_warm']} -> {result['fds_end']} (other than connections: "
+          f"{result['other_fds_warm']} -> {result['other_fds_end']})")
     return 0
 
 
