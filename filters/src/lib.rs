@@ -10,6 +10,7 @@ pub mod auth;
 pub mod catalog;
 pub mod codemode;
 pub mod jsonrpc;
+pub mod lines;
 pub mod mcp;
 pub mod metrics;
 pub mod naming;

@@ -511,11 +511,14 @@ ATTACKS = [
     ("__builtins__", '__builtins__["open"]("/etc/passwd")', ["ScriptRefused", "`__builtins__` is not allowed"]),
     ("import sys for sys.modules", 'import sys\nsys.modules["os"].system("id")', ["ScriptRefused", "`import sys` is not allowed"]),
     ("sys.modules through an allowed module", 'import statistics\nstatistics.sys.modules["os"].listdir("/")',
-     ["PermissionError", "`os.listdir` is not allowed"]),
+     ["AttributeError", "`statistics.sys` is a module scripts cannot reach"]),
     ("real open through sys.modules", 'import statistics\nstatistics.sys.modules["builtins"].open("/etc/passwd").read()',
-     ["PermissionError", "`open` is not allowed"]),
+     ["AttributeError", "`statistics.sys` is a module scripts cannot reach"]),
+    ("sys through from-import", 'from datetime import sys', ["ImportError", "sys"]),
+    ("a module behind a module", 'import json\njson.decoder.scanstring', ["AttributeError", "`json.decoder` is a module scripts cannot reach"]),
+    ("str.format reaching attributes", 'print("{0.__class__}".format(1))', ["ScriptRefused", "use an f-string"]),
     ("real eval through sys.modules", 'import statistics\nstatistics.sys.modules["builtins"].eval("1 + 1")',
-     ["PermissionError", "`compile` is not allowed"]),
+     ["AttributeError", "`statistics.sys` is a module scripts cannot reach"]),
     ("dunder chain", "().__class__.__base__.__subclasses__()", ["ScriptRefused", "is not allowed"]),
     ("getattr dunder", 'getattr((), "__class__")', ["AttributeError", "`__class__` is not available"]),
     ("getattr built dunder", 'getattr(getattr((), "__cl" + "ass__"), "__subclasses__")()', ["AttributeError", "`__class__`"]),
@@ -533,9 +536,9 @@ ATTACKS = [
     ("import threading", "import threading\nthreading.Thread(target=print).start()", ["ScriptRefused", "`import threading` is not allowed"]),
     ("import _thread", "import _thread\n_thread.start_new_thread(print, ())", ["ScriptRefused", "`import _thread` is not allowed"]),
     ("_thread through sys.modules", 'import statistics\nstatistics.sys.modules["_thread"].start_new_thread(print, ())',
-     ["RuntimeError: can't start new thread|PermissionError"]),
+     ["AttributeError", "`statistics.sys` is a module scripts cannot reach"]),
     ("os.fork", "import os\nos.fork()", ["ScriptRefused", "`import os` is not allowed"]),
-    ("fork through sys.modules", 'import statistics\nstatistics.sys.modules["os"].fork()', ["PermissionError", "`os.fork` is not allowed"]),
+    ("fork through sys.modules", 'import statistics\nstatistics.sys.modules["os"].fork()', ["AttributeError", "`statistics.sys` is a module scripts cannot reach"]),
     ("eval", 'eval("1 + 1")', ["NameError", "'eval'"]),
     ("exec", 'exec("x = 1")', ["NameError", "'exec'"]),
     ("compile", 'compile("1", "x", "eval")', ["NameError", "'compile'"]),
@@ -577,51 +580,21 @@ def test_attack_writing_a_file_leaves_nothing(coder, tmp_path):
     assert not target.exists(), "a script wrote a file"
 
 
-def test_scripts_past_the_interpreter_checks_keep_their_keys_grants(cm, coder):
-    """A script that reaches the worker's native call function directly (through an allowed
-    module's `sys.modules`) still gets only what its key may do: the gateway refuses the tool
-    that is not granted, and the upstream never sees the call."""
-    tag = f"raw-{uuid.uuid4().hex[:8]}"
-    script = f"""
-import json, statistics
-modules = statistics.sys.modules
-native = modules["builtins"].vars(modules["sluice_prelude"])["_sluice"]
-answer = json.loads(native.call_many([("py__record", json.dumps({{"tag": {tag!r}}}))])[0])
-raise ToolError(answer.get("error") or "NOT REFUSED: " + json.dumps(answer))
-"""
-    text, is_error = run(coder, script)
-    assert is_error and f"tool `py__record` is not granted to key `{CODER}`" in text, text
-    assert not [line for line in records(cm.record_file) if tag in line], records(cm.record_file)
-
-
-def test_switching_off_the_audit_hook_still_meets_the_process_boundary(coder):
-    """A script that switches the prelude's audit hook off (reached through an allowed
-    module's `sys.modules` and the real `vars`) meets the kernel's boundary: reading a file,
-    listing a directory and forking fail with EPERM."""
-    prefix = """import statistics
-modules = statistics.sys.modules
-modules["builtins"].vars(modules["sluice_prelude"])["_guard"].active = False
-"""
-    for attempt in ('modules["builtins"].open("/etc/passwd").read()', 'modules["os"].listdir("/")',
-                    'modules["posix"].fork()'):
-        text, is_error = run(coder, prefix + attempt)
-        assert is_error and "PermissionError" in text and "Operation not permitted" in text, f"{attempt}:\n{text}"
-
-
-def test_switching_off_the_audit_hook_then_running_a_program(coder, tmp_path):
-    """With the audit hook switched off, `os.system` must still run nothing, and say so with
-    an error."""
+def test_a_module_never_leads_to_the_interpreter(coder, tmp_path):
+    """The route an earlier version left open (an allowed module's `sys`, then `sys.modules`
+    to `builtins`, `os` and the prelude) is closed with a clear error, and nothing runs. What
+    holds if the interpreter checks are ever passed is shown by `sluice code-worker --probe`
+    (test_probe_shows_every_escape_denied) and by the gateway refusing ungranted tools to any
+    caller, the worker included (`call_tool` of a tool not granted, in the SDK tests)."""
     marker = tmp_path / "ran-a-program"
     script = f"""import statistics
 modules = statistics.sys.modules
 modules["builtins"].vars(modules["sluice_prelude"])["_guard"].active = False
-system = modules["builtins"].vars(modules["os"])["system"]
-system("touch {marker}")
+modules["os"].system("touch {marker}")
 """
     text, is_error = run(coder, script)
     assert not marker.exists(), f"a script ran a program:\n{text}"
-    assert is_error and "PermissionError" in text, (
-        f"os.system ran nothing, but the script did not fail with a clear error:\n{text}")
+    assert is_error and "`statistics.sys` is a module scripts cannot reach" in text, text
 
 
 def test_output_flood_is_cut_at_the_limit(coder):

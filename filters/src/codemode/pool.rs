@@ -23,6 +23,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Semaphore;
 use tokio_util::codec::{FramedRead, LinesCodec};
 
+use crate::lines::{ForgivingLines, Line};
+
 use super::protocol::{FromWorker, Report, ToWorker};
 use super::worker::{CPU_ENV, MEMORY_ENV};
 
@@ -211,9 +213,11 @@ async fn spawn(command: &WorkerCommand, limits: Limits) -> Result<Worker, RunErr
         return Err(RunError::Start("the worker has no pipes".into()));
     };
     tokio::spawn(async move {
-        let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(16 * 1024));
+        let mut lines = FramedRead::new(stderr, ForgivingLines::new(16 * 1024));
         while let Some(Ok(line)) = lines.next().await {
-            tracing::debug!(target: "sluice::codemode::worker", "{line}");
+            if let Line::Text(line) = line {
+                tracing::debug!(target: "sluice::codemode::worker", "{line}");
+            }
         }
     });
     let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE));

@@ -338,13 +338,18 @@ def run(script, namespaces_json, output_limit):
         _guard.active = False
     error = None if failure is None else _describe(failure)
     result = scope.get("__result__", scope.get("result"))
+    # Output and result share the limit; the result comes first, the output gets the rest.
     value = None if result is None else _value(result)
-    room = max(0, output.limit - output.size)
-    if value is not None and len(value) > room:
-        value = value[:room]
+    text = output.text()
+    if value is not None and len(value) > output.limit:
+        value = value[: output.limit]
+        output.cut = True
+    room = output.limit - (0 if value is None else len(value))
+    if len(text) > room:
+        text = text[:room]
         output.cut = True
     return _dumps({
-        "output": output.text(),
+        "output": text,
         "result": value,
         "error": error,
         "cut": output.cut,

@@ -235,6 +235,22 @@ pub(super) async fn tools_call(
     let catalog = context.endpoint.upstreams().catalog().load();
     let allowed = context.caller.grants.allowed(&catalog);
     let Some((index, tool)) = catalog.find(&params.name) else {
+        if let Some((server, why)) = unsynced_owner(context, &params.name) {
+            work.server = Some(server.clone());
+            let message = format!(
+                "tool `{}` is not available: upstream server `{server}` has not synced ({why}); Sluice keeps retrying it",
+                params.name
+            );
+            let body = jsonrpc::error_bytes(
+                Some(id),
+                code::INTERNAL_ERROR,
+                &message,
+                Some(&serde_json::json!({ "server": &*server })),
+            );
+            work.error = Some(message);
+            ledger.record(work);
+            return Response::json(http::StatusCode::OK, body);
+        }
         return ledger.refuse(
             id,
             work,
@@ -310,6 +326,29 @@ pub(super) async fn tools_call(
         }),
     )
     .await
+}
+
+/// The configured server a tool name belongs to by its prefix, when that server has not
+/// synced (so its tools are not in the catalog), with why: a call to it should name it.
+fn unsynced_owner(context: &Context<'_>, name: &str) -> Option<(Arc<str>, String)> {
+    context
+        .endpoint
+        .upstreams()
+        .all()
+        .iter()
+        .find(|u| {
+            !u.tool_prefix().is_empty()
+                && name
+                    .strip_prefix(u.tool_prefix())
+                    .is_some_and(|rest| rest.starts_with("__"))
+                && u.health() != crate::upstream::Health::Ready
+        })
+        .map(|u| {
+            let why = u
+                .last_error()
+                .unwrap_or_else(|| "it is still connecting".into());
+            (u.name.clone(), why)
+        })
 }
 
 /// The client's answer to a tools/call, and what the audit log says of it.
@@ -588,17 +627,9 @@ struct ForwardMeta {
     progress: Option<Progress>,
 }
 
-/// The keys of the 2026-07-28 request envelope: Sluice speaks to each upstream in that
-/// upstream's own era, so the client's envelope stays with Sluice.
-const ENVELOPE_KEYS: [&str; 4] = [
-    "io.modelcontextprotocol/protocolVersion",
-    "io.modelcontextprotocol/clientCapabilities",
-    "io.modelcontextprotocol/clientInfo",
-    "io.modelcontextprotocol/logLevel",
-];
-
-/// Replace a progress token (per call, so that callers of a shared upstream never mix) and
-/// drop the client's era envelope; anything else in `_meta` passes unchanged.
+/// Replace a progress token (per call, so that callers of a shared upstream never mix);
+/// anything else in `_meta` passes unchanged (the upstream connection speaks its own era:
+/// see `upstream::stateless`).
 fn forward_meta(meta: Option<&RawValue>) -> ForwardMeta {
     let Some(meta) = meta else {
         return ForwardMeta {
@@ -611,15 +642,12 @@ fn forward_meta(meta: Option<&RawValue>) -> ForwardMeta {
         meta: Some(meta.to_owned()),
         progress: None,
     };
-    if !text.contains("progressToken") && !text.contains("io.modelcontextprotocol/") {
+    if !text.contains("progressToken") {
         return unchanged();
     }
     let Ok(mut map) = serde_json::from_str::<Map<String, Value>>(text) else {
         return unchanged();
     };
-    for key in ENVELOPE_KEYS {
-        map.remove(key);
-    }
     let mut progress = None;
     if let Some(client) = map.get("progressToken").cloned()
         && let Ok(client) = serde_json::value::to_raw_value(&client)
@@ -1152,20 +1180,5 @@ mod tests {
         assert_eq!(meta["other"], true);
         let none = RawValue::from_string(r#"{"other":true}"#.into()).unwrap();
         assert!(forward_meta(Some(&none)).progress.is_none());
-    }
-
-    #[test]
-    fn the_clients_era_envelope_stays_with_sluice() {
-        let meta = RawValue::from_string(
-            r#"{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"trace":"x"}"#.into(),
-        )
-        .unwrap();
-        let forwarded = forward_meta(Some(&meta)).meta.unwrap();
-        assert_eq!(forwarded.get(), r#"{"trace":"x"}"#);
-        let only = RawValue::from_string(
-            r#"{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}"#.into(),
-        )
-        .unwrap();
-        assert!(forward_meta(Some(&only)).meta.is_none());
     }
 }

@@ -66,6 +66,13 @@ impl ListCache {
         }
     }
 
+    /// Forget every page (a reload made them all stale).
+    pub fn clear(&self) {
+        let mut pages = self.lock();
+        pages.lru.clear();
+        pages.bytes = 0;
+    }
+
     #[cfg(test)]
     fn bytes(&self) -> usize {
         self.lock().bytes

@@ -156,6 +156,8 @@ impl McpEndpoint {
             .store(Arc::new(Policy::from_config(config, version)));
         self.policy_changes.send_replace(version);
         self.sessions.set_limits(session_limits(config));
+        // Pages of the old policy are never read again.
+        self.list_cache.clear();
         self.services.code_mode.pool().reload(&config.code_mode);
     }
 

@@ -365,6 +365,8 @@ impl HttpConnection {
                     session: &session,
                     armed: true,
                 };
+                let stripped = super::stateless::without_envelope(params);
+                let params = stripped.as_deref().or(params);
                 let response = wire
                     .post(request_bytes(id, method, params), Some(&session))
                     .await?;
@@ -480,12 +482,9 @@ impl Wire {
             reqwest::StatusCode::BAD_REQUEST => {
                 let body = read_text(response).await;
                 if body.to_ascii_lowercase().contains("session") {
-                    SessionCheck::Gone(format!(
-                        "HTTP 400: {}",
-                        body.chars().take(120).collect::<String>()
-                    ))
+                    SessionCheck::Gone("HTTP 400 about the session".into())
                 } else {
-                    tracing::warn!(server = %self.server, body = %body.chars().take(200).collect::<String>(), "upstream refused a request with HTTP 400");
+                    tracing::warn!(server = %self.server, body_bytes = body.len(), "upstream refused a request with HTTP 400");
                     SessionCheck::Failed(UpstreamError::Http {
                         server: self.server.clone(),
                         status: 400,
@@ -790,9 +789,9 @@ impl Wire {
     async fn http_error(&self, response: reqwest::Response) -> UpstreamError {
         let status = response.status().as_u16();
         let body = read_text(response).await;
-        // The body goes to the log, not to clients: an upstream's error page may say more
-        // than its callers should see.
-        tracing::warn!(server = %self.server, status, body = %body.chars().take(200).collect::<String>(), "upstream answered an HTTP error");
+        // Neither clients nor the log get the body: an upstream's error page may echo the
+        // request, credentials included.
+        tracing::warn!(server = %self.server, status, body_bytes = body.len(), "upstream answered an HTTP error");
         let detail = status_reason(status);
         UpstreamError::Http {
             server: self.server.clone(),

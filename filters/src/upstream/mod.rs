@@ -388,10 +388,21 @@ impl Connection {
         params: Option<&RawValue>,
         options: &CallOptions,
     ) -> Result<Outcome, UpstreamError> {
+        // A session-era transport gets no stateless client's envelope (an HTTP connection
+        // decides per request, by the era it found).
+        let session_params = || stateless::without_envelope(params);
         match self {
-            Connection::Stdio(c) => c.request(method, params, options).await,
+            Connection::Stdio(c) => {
+                let stripped = session_params();
+                c.request(method, stripped.as_deref().or(params), options)
+                    .await
+            }
+            Connection::Sse(c) => {
+                let stripped = session_params();
+                c.request(method, stripped.as_deref().or(params), options)
+                    .await
+            }
             Connection::Http(c) => c.request(method, params, options).await,
-            Connection::Sse(c) => c.request(method, params, options).await,
             Connection::Local(server) => Ok(server.handle(method, params)),
         }
     }

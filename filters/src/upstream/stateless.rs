@@ -53,6 +53,38 @@ pub fn params(params: Option<&RawValue>) -> Box<RawValue> {
     serde_json::value::to_raw_value(&object).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
+/// The keys of a 2026-07-28 client's request envelope. A session-era upstream has its
+/// session for them, and some refuse requests that carry them.
+const ENVELOPE_KEYS: [&str; 4] = [
+    "io.modelcontextprotocol/protocolVersion",
+    CAPABILITIES,
+    "io.modelcontextprotocol/clientInfo",
+    "io.modelcontextprotocol/logLevel",
+];
+
+/// `params` without a stateless client's envelope in `_meta`, for an upstream Sluice speaks
+/// to in a session; `None` when there is nothing to remove (the common case, decided without
+/// parsing).
+pub fn without_envelope(params: Option<&RawValue>) -> Option<Box<RawValue>> {
+    let text = params?.get();
+    if !text.contains("io.modelcontextprotocol/") {
+        return None;
+    }
+    let mut object: Map<String, Value> = serde_json::from_str(text).ok()?;
+    let Some(Value::Object(meta)) = object.get_mut("_meta") else {
+        return None;
+    };
+    let before = meta.len();
+    meta.retain(|key, _| !ENVELOPE_KEYS.contains(&key.as_str()));
+    if meta.len() == before {
+        return None;
+    }
+    if meta.is_empty() {
+        object.remove("_meta");
+    }
+    serde_json::value::to_raw_value(&object).ok()
+}
+
 /// The `Mcp-Name` header of a request: the tool or prompt name, or the resource URI.
 pub fn name_header(method: &str, params: Option<&RawValue>) -> Option<String> {
     let field = match method {
@@ -144,6 +176,21 @@ pub fn speaks(result: &RawValue) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_upstream_gets_no_envelope() {
+        let p = RawValue::from_string(
+            r#"{"name":"x","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"progressToken":1}}"#.into(),
+        )
+        .unwrap();
+        let stripped = without_envelope(Some(&p)).unwrap();
+        assert_eq!(
+            stripped.get(),
+            r#"{"_meta":{"progressToken":1},"name":"x"}"#
+        );
+        let plain = RawValue::from_string(r#"{"name":"x"}"#.into()).unwrap();
+        assert!(without_envelope(Some(&plain)).is_none());
+    }
 
     #[test]
     fn merges_meta_and_reads_input_required() {

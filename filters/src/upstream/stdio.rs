@@ -12,10 +12,11 @@ use sluice_conf::StdioTransport;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::FramedRead;
 
 use super::mux::{self, Mux};
 use super::{Announcements, MAX_MESSAGE_BYTES, UpstreamError};
+use crate::lines::{ForgivingLines, Line};
 
 /// The longest stderr line logged; longer ones are skipped.
 const MAX_STDERR_LINE: usize = 16 * 1024;
@@ -89,16 +90,19 @@ impl StdioConnection {
             let server = server.clone();
             let inbound = inbound.clone();
             tokio::spawn(async move {
-                let codec = LinesCodec::new_with_max_length(MAX_MESSAGE_BYTES);
-                let mut lines = FramedRead::new(stdout, codec);
+                let mut lines = FramedRead::new(stdout, ForgivingLines::new(MAX_MESSAGE_BYTES));
                 while let Some(line) = lines.next().await {
                     match line {
-                        Ok(line) => inbound.handle(&line),
-                        Err(LinesCodecError::MaxLineLengthExceeded) => tracing::warn!(
+                        Ok(Line::Text(line)) => inbound.handle(&line),
+                        Ok(Line::TooLong) => tracing::warn!(
                             server = %server,
                             "ignoring a stdout line longer than {MAX_MESSAGE_BYTES} bytes"
                         ),
-                        Err(LinesCodecError::Io(e)) => {
+                        Ok(Line::NotUtf8) => tracing::warn!(
+                            server = %server,
+                            "ignoring a stdout line that is not UTF-8"
+                        ),
+                        Err(e) => {
                             tracing::warn!(server = %server, "reading stdout failed: {e}");
                             break;
                         }
@@ -112,15 +116,14 @@ impl StdioConnection {
             let server = server.clone();
             tokio::spawn(async move {
                 // Bounded like stdout: a child that writes without newlines costs no memory.
-                let mut lines =
-                    FramedRead::new(stderr, LinesCodec::new_with_max_length(MAX_STDERR_LINE));
+                let mut lines = FramedRead::new(stderr, ForgivingLines::new(MAX_STDERR_LINE));
                 while let Some(line) = lines.next().await {
                     match line {
-                        Ok(line) => {
+                        Ok(Line::Text(line)) => {
                             tracing::info!(target: "sluice::upstream::stderr", server = %server, "{line}")
                         }
-                        Err(LinesCodecError::MaxLineLengthExceeded) => {}
-                        Err(LinesCodecError::Io(_)) => break,
+                        Ok(Line::TooLong | Line::NotUtf8) => {}
+                        Err(_) => break,
                     }
                 }
             });

@@ -134,6 +134,11 @@ impl Upstream {
             .clone()
     }
 
+    /// The prefix its tools are exposed under.
+    pub fn tool_prefix(&self) -> &str {
+        self.config.tool_prefix()
+    }
+
     /// The process id of a stdio server's current child.
     pub fn pid(&self) -> Option<u32> {
         match self.connection.load().as_deref() {
