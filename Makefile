@@ -80,6 +80,8 @@ perf-check:
 bench: deps
 	$(VENV)/bin/python perf/bench.py
 	$(VENV)/bin/python perf/soak.py
+	$(VENV)/bin/python perf/token_economy.py --record
+	$(VENV)/bin/python perf/codemode_latency.py --record
 
 clean:
 	cargo clean
