@@ -76,4 +76,18 @@ mod tests {
             ]
         );
     }
+
+    #[tokio::test]
+    async fn a_long_line_in_many_reads_is_skipped_once() {
+        let mut chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..200)
+            .map(|_| Ok(bytes::Bytes::from(vec![b'x'; 65536])))
+            .collect();
+        chunks.push(Ok(bytes::Bytes::from_static(b"\ntwo\n")));
+        let reader = tokio_util::io::StreamReader::new(futures::stream::iter(chunks));
+        let lines: Vec<Line> = FramedRead::new(reader, ForgivingLines::new(1024))
+            .filter_map(|l| async move { l.ok() })
+            .collect()
+            .await;
+        assert_eq!(lines, vec![Line::TooLong, Line::Text("two".into())]);
+    }
 }

@@ -6,6 +6,7 @@
 //! the same secret accepts the session, and a restart loses none; the only per-instance state is
 //! the [`SessionBook`]: when each session was last used here, and which were ended.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -172,6 +173,8 @@ pub struct Sessions {
     verified: Mutex<lru::LruCache<String, Session>>,
     /// Sessions in use and ended, on this instance.
     book: Mutex<SessionBook>,
+    /// The book's sessions in use, readable without its lock (for the gauge).
+    in_use: AtomicUsize,
 }
 
 impl Sessions {
@@ -182,17 +185,18 @@ impl Sessions {
             ttl,
             verified: Mutex::new(lru::LruCache::new(VERIFIED_CACHE)),
             book: Mutex::new(SessionBook::new(limits)),
+            in_use: AtomicUsize::new(0),
         }
     }
 
     /// New limits from a reload; sessions over them end as they go idle.
     pub fn set_limits(&self, limits: Limits) {
-        self.lock_book().set_limits(limits);
+        self.with_book(|book| book.set_limits(limits));
     }
 
     /// Sessions in use on this instance.
     pub fn in_use(&self) -> usize {
-        self.lock_book().in_use()
+        self.in_use.load(Ordering::Relaxed)
     }
 
     /// Seal a new session for a caller identified by `key_id`.
@@ -210,11 +214,9 @@ impl Sessions {
         rand::fill(&mut body[NONCE]);
         body[CAPABILITIES] = capabilities.0;
         let nonce: [u8; NONCE_LEN] = body[NONCE].try_into().unwrap_or_default();
-        let mut book = self.lock_book();
-        if !book.admit_new(nonce, now()) {
-            return Err(SessionsFull(book.in_use()));
+        if !self.with_book(|book| book.admit_new(nonce, now())) {
+            return Err(SessionsFull(self.in_use()));
         }
-        drop(book);
         let mut token = body.to_vec();
         token.extend_from_slice(&self.mac(&body));
         Ok(URL_SAFE_NO_PAD.encode(token))
@@ -237,10 +239,7 @@ impl Sessions {
         if now > session.expires_at {
             return Err(SessionError::Expired);
         }
-        match self
-            .lock_book()
-            .touch(session.nonce, session.expires_at, now)
-        {
+        match self.with_book(|book| book.touch(session.nonce, session.expires_at, now)) {
             Ok(()) => Ok(session),
             Err(Refusal::Ended) => Err(SessionError::Deleted),
             Err(Refusal::Idle) => Err(SessionError::Idle),
@@ -289,8 +288,7 @@ impl Sessions {
     /// End a session (client `DELETE`). The token must be valid.
     pub fn delete(&self, token: &str) -> Result<Session, SessionError> {
         let session = self.open(token)?;
-        self.lock_book()
-            .end(session.nonce, session.expires_at, now());
+        self.with_book(|book| book.end(session.nonce, session.expires_at, now()));
         Ok(session)
     }
 
@@ -318,8 +316,11 @@ impl Sessions {
         Some(signed[1..].to_vec())
     }
 
-    fn lock_book(&self) -> std::sync::MutexGuard<'_, SessionBook> {
-        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    fn with_book<R>(&self, change: impl FnOnce(&mut SessionBook) -> R) -> R {
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        let result = change(&mut book);
+        self.in_use.store(book.in_use(), Ordering::Relaxed);
+        result
     }
 
     fn mac(&self, body: &[u8]) -> [u8; MAC_LEN] {
