@@ -14,9 +14,12 @@ Claude Code speaks it) takes turns, one request at a time, over these measures:
     script, 3 in parallel run_script making them with parallel()                (code key)
 
 and reports p50/p99 of each and what the script adds: trivial script − one direct call,
-3-call script − 3 direct calls. Each measure's answer is checked once before timing.
+3-call script − 3 direct calls. Each measure's answer is checked once before timing. Two
+phases: "warm" sleeps after each script so that Code Mode's worker pool has a worker waiting
+(as it has between a model's turns); "back to back" does not, so a script may wait for a
+worker to start (each worker runs one script).
 
-    python3 perf/codemode_latency.py                 # builds, 500 rounds after 50 of warm-up
+    python3 perf/codemode_latency.py                 # builds; 2 phases of 300 rounds after 50 of warm-up
     python3 perf/codemode_latency.py --no-build --sluice PATH --iterations 200
     python3 perf/codemode_latency.py --record        # also append to perf/RESULTS.md
 
@@ -104,7 +107,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sluice", help="the sluice binary (default: $CARGO_TARGET_DIR/release/sluice, built first)")
     p.add_argument("--no-build", action="store_true", help="do not run cargo build")
-    p.add_argument("--iterations", type=int, default=500, help="timed rounds (each round runs every measure once)")
+    p.add_argument("--iterations", type=int, default=300,
+                   help="timed rounds per phase (each round runs every measure once)")
+    p.add_argument("--gap", type=float, default=0.3, help="idle seconds after each script in the warm phase")
     p.add_argument("--warmup", type=int, default=50, help="untimed rounds first")
     p.add_argument("--record", action="store_true", help="append the results to perf/RESULTS.md")
     p.add_argument("--note", action="append", default=[], help="a note recorded with the results")
@@ -176,50 +181,62 @@ def main() -> int:
         for _ in range(args.warmup):
             for measure in measures.values():
                 measure()
-        samples: dict[str, list[float]] = {name: [] for name in measures}
-        busy0, ours0, t0 = _busy(), our_cpu(sluice.proc.pid), time.monotonic()
-        for _ in range(args.iterations):
-            for name, measure in measures.items():
-                begin = time.perf_counter()
-                measure()
-                samples[name].append((time.perf_counter() - begin) * 1000)
-        elapsed = time.monotonic() - t0
-        other = max(0.0, (_busy() - busy0) - (our_cpu(sluice.proc.pid) - ours0)) / elapsed
+        phases = {}
+        for phase, gap in (("warm", args.gap), ("back-to-back", 0.0)):
+            samples: dict[str, list[float]] = {name: [] for name in measures}
+            busy0, ours0, t0 = _busy(), our_cpu(sluice.proc.pid), time.monotonic()
+            idle = 0.0
+            for _ in range(args.iterations):
+                for name, measure in measures.items():
+                    begin = time.perf_counter()
+                    measure()
+                    samples[name].append((time.perf_counter() - begin) * 1000)
+                    if gap and name.startswith("script"):
+                        time.sleep(gap)  # the pool gets its worker back, as between a model's turns
+                        idle += gap
+            elapsed = time.monotonic() - t0
+            other = max(0.0, (_busy() - busy0) - (our_cpu(sluice.proc.pid) - ours0)) / elapsed
+            phases[phase] = {"samples": samples, "other_cores": other, "gap": gap}
         plain.close()
         code.close()
     finally:
         sluice.stop()
-    stats = {name: {"p50": percentile(v, 0.50), "p99": percentile(v, 0.99), "mean": sum(v) / len(v), "n": len(v)}
-             for name, v in samples.items()}
     names = list(measures)
     added = {
         names[1]: (names[0], "one direct call"),
         names[3]: (names[2], "the 3 direct calls"),
         names[4]: (names[2], "the 3 direct calls"),
     }
-    out = [
-        f"run_script against the same calls made directly, through one Sluice ({binary}), {args.iterations} rounds "
-        f"after {args.warmup} of warm-up, one request at a time (ms):",
-        "",
-        "| measure | p50 | p99 | mean | added p50 | added p99 |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name in names:
-        s = stats[name]
-        if name in added:
-            ref = stats[added[name][0]]
-            extra = f"{s['p50'] - ref['p50']:+.2f} vs {added[name][1]} | {s['p99'] - ref['p99']:+.2f}"
+    out = [f"run_script against the same calls made directly, through one Sluice ({binary}; Code Mode's "
+           f"default pool of 2 workers), {args.iterations} rounds per phase after {args.warmup} of warm-up, one "
+           f"request at a time (ms)."]
+    for phase, data in phases.items():
+        stats = {name: {"p50": percentile(v, 0.50), "p99": percentile(v, 0.99), "mean": sum(v) / len(v), "n": len(v)}
+                 for name, v in data["samples"].items()}
+        data["stats"] = stats
+        if phase == "warm":
+            title = (f"Warm pool: {data['gap']:g} s idle after each script (the pool has a worker waiting, as "
+                     f"between a model's turns)")
         else:
-            extra = "| "
-        out.append(f"| {name} | {s['p50']:.2f} | {s['p99']:.2f} | {s['mean']:.2f} | {extra} |")
-    out += ["", f"Other processes used {other:.2f} cores on average during the timed rounds "
-                f"(load average {', '.join(f'{x:.2f}' for x in load_start)} at the start)."]
+            title = ("Back to back: scripts follow each other with no pause (a script may wait for a worker to "
+                     "start)")
+        out += ["", f"{title}; other processes used {data['other_cores']:.2f} cores on average:", "",
+                "| measure | p50 | p99 | mean | added p50 | added p99 |", "|---|---|---|---|---|---|"]
+        for name in names:
+            st = stats[name]
+            if name in added:
+                ref = stats[added[name][0]]
+                extra = f"{st['p50'] - ref['p50']:+.2f} vs {added[name][1]} | {st['p99'] - ref['p99']:+.2f}"
+            else:
+                extra = "| "
+            out.append(f"| {name} | {st['p50']:.2f} | {st['p99']:.2f} | {st['mean']:.2f} | {extra} |")
+    out += ["", f"Load average at the start: {', '.join(f'{x:.2f}' for x in load_start)}."]
     text = "\n".join(out)
     print()
     print(text)
     results = {"date": f"{started:%Y-%m-%d %H:%M} UTC", "machine": te.machine(), "commit": te.commit(),
-               "sluice": str(binary), "build": build_cmd, "stats": stats, "other_cores": other,
-               "load_average_at_start": load_start, "samples": samples}
+               "sluice": str(binary), "build": build_cmd, "phases": phases,
+               "load_average_at_start": load_start}
     (work / "results.json").write_text(json.dumps(results, indent=1))
     if args.record:
         lines = [
