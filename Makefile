@@ -80,6 +80,7 @@ perf-check:
 bench: deps
 	$(VENV)/bin/python perf/bench.py
 	$(VENV)/bin/python perf/soak.py
+	$(VENV)/bin/python perf/upgrade.py
 	$(VENV)/bin/python perf/token_economy.py --record
 	$(VENV)/bin/python perf/codemode_latency.py --record
 
