@@ -144,6 +144,7 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
         "control",
         Control {
             upstreams,
+            grace_period: config.grace_period,
             code_mode,
             mcp,
             certificates,
@@ -160,6 +161,7 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
 /// Runs the upstream supervisors and applies SIGHUP reloads, on the background runtime.
 struct Control {
     upstreams: Arc<Upstreams>,
+    grace_period: std::time::Duration,
     code_mode: Arc<CodeMode>,
     mcp: Arc<McpEndpoint>,
     certificates: Vec<Arc<Certificate>>,
@@ -214,6 +216,9 @@ impl BackgroundService for Control {
             tokio::select! {
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => self.reload(),
                 _ = shutdown.changed() => {
+                    // Requests still in flight finish within the grace period, on the
+                    // upstreams: they are stopped when it is over.
+                    tokio::time::sleep(self.grace_period).await;
                     self.upstreams.stop();
                     return;
                 }

@@ -174,9 +174,12 @@ impl Upstream {
                 .load_full()
                 .ok_or_else(|| UpstreamError::Unavailable {
                     server: self.name.clone(),
-                    reason: self
-                        .last_error()
-                        .unwrap_or_else(|| "it has not connected yet".into()),
+                    reason: if self.retired.is_cancelled() {
+                        "it was removed, or Sluice is stopping".into()
+                    } else {
+                        self.last_error()
+                            .unwrap_or_else(|| "it has not connected yet".into())
+                    },
                 })?,
         };
         // Until its answer begins, a call holds one of the server's places.
