@@ -121,7 +121,7 @@ fn stub(namespace: String, function: String, exposed: &str, definition: &Value) 
         .and_then(Value::as_str)
         .unwrap_or("")
         .trim();
-    let summary = description.lines().next().unwrap_or("").trim().to_string();
+    let summary = summary_of(description);
     let schema = definition.get("inputSchema").cloned().unwrap_or_default();
     let defs = Defs::of(&schema);
     let properties = schema
@@ -225,6 +225,22 @@ fn stub(namespace: String, function: String, exposed: &str, definition: &Value) 
         text,
         words,
     }
+}
+
+/// A one-line summary: the description's first sentence (of its first paragraph), at most
+/// about 160 characters.
+fn summary_of(description: &str) -> String {
+    let paragraph: Vec<&str> = description
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let paragraph = paragraph.join(" ");
+    let sentence = match paragraph.find(". ") {
+        Some(end) => &paragraph[..=end],
+        None => paragraph.as_str(),
+    };
+    one_line(sentence.trim(), 160)
 }
 
 /// A description made safe for a docstring, indented.
@@ -436,6 +452,10 @@ mod tests {
             &definition,
         );
         assert_eq!(stub.summary, "Create an issue.");
+        assert_eq!(
+            summary_of("Search customers by name.\nReturns id, name,\nsegment.\n\nMore."),
+            "Search customers by name."
+        );
         assert!(
             stub.text
                 .contains("def create_issue(repo: str, assignee: dict, "),

@@ -270,6 +270,8 @@ pub enum UpstreamError {
     },
     #[error("upstream server `{server}` sent a message Sluice cannot read: {detail}")]
     Protocol { server: Arc<str>, detail: String },
+    #[error("upstream server `{server}` answered with an error: {detail}")]
+    Answered { server: Arc<str>, detail: String },
     #[error(
         "upstream server `{server}` is busy: {limit} calls are in flight and this one waited {waited:?} in line (`max_concurrent_calls`); retry shortly"
     )]
@@ -289,6 +291,7 @@ impl UpstreamError {
             | UpstreamError::Connect { server, .. }
             | UpstreamError::Http { server, .. }
             | UpstreamError::Protocol { server, .. }
+            | UpstreamError::Answered { server, .. }
             | UpstreamError::Busy { server, .. } => server,
         }
     }

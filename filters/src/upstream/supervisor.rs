@@ -403,8 +403,16 @@ impl Upstream {
                 Outcome::Error(e) if kind != Kind::Tools && is_method_not_found(&e) => {
                     return Ok(Vec::new());
                 }
+                // Resources or prompts it cannot list must not cost the server its tools.
+                Outcome::Error(e) if kind != Kind::Tools => {
+                    tracing::warn!(server = %self.name, "{method} answered an error, so the server lists none: {}", error_message(&e));
+                    return Ok(Vec::new());
+                }
                 Outcome::Error(e) => {
-                    return Err(self.protocol(format!("{method} failed: {}", e.get())));
+                    return Err(UpstreamError::Answered {
+                        server: self.name.clone(),
+                        detail: format!("{method} failed: {}", error_message(&e)),
+                    });
                 }
                 Outcome::Streamed(_) => {
                     return Err(self.protocol(format!("{method} came back in pieces")));
@@ -813,6 +821,15 @@ impl Upstreams {
             .iter()
             .all(|s| s.health() != Health::Starting)
     }
+}
+
+/// The `message` of a JSON-RPC error object, shortened (or the object, if it has none).
+fn error_message(error: &RawValue) -> String {
+    let text = serde_json::from_str::<Value>(error.get())
+        .ok()
+        .and_then(|e| e.get("message").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| error.get().to_string());
+    crate::jsonrpc::shorten(&text, 300).into_owned()
 }
 
 #[cfg(test)]
