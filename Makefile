@@ -30,7 +30,7 @@ run: deps
 	@echo
 	$(SLUICE) --config $(CONFIG)
 
-test: deps lint unit e2e perf-check
+test: deps lint unit e2e perf-check fuzz
 
 build: deps
 	cargo build --workspace
@@ -76,6 +76,37 @@ e2e:
 perf-check:
 	cargo build --release -p sluice -p sluice-perf
 	$(VENV)/bin/python perf/bench.py --quick
+
+# Fuzzing (cargo-fuzz, libFuzzer on stable Rust): each target of fuzz/ for FUZZ_SECONDS, from
+# its committed corpus and regressions (new inputs go to a scratch corpus under the target
+# dir). Without a sanitizer: the fuzzed crates have no unsafe code, and it builds and runs far
+# faster. A crash stops make and leaves its input in fuzz/artifacts/<target>/. See fuzz/README.md.
+FUZZ_TARGETS := jsonrpc session_token mcp_request config
+FUZZ_SECONDS ?= 25
+FUZZ_BUILD := --release --debug-assertions --sanitizer none --target-dir $(CARGO_TARGET_DIR)/fuzz
+.PHONY: fuzz
+fuzz: fuzz/Cargo.lock
+	@cargo fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fuzz
+	cargo fuzz build $(FUZZ_BUILD)
+	@for t in $(FUZZ_TARGETS); do \
+	    scratch=$(CARGO_TARGET_DIR)/fuzz/corpus/$$t; log=$(CARGO_TARGET_DIR)/fuzz/$$t.log; \
+	    mkdir -p $$scratch fuzz/regressions/$$t; \
+	    dict=; if [ -f fuzz/dict/$$t.dict ]; then dict=-dict=fuzz/dict/$$t.dict; fi; \
+	    echo "fuzz $$t: $(FUZZ_SECONDS) s (log: $$log)"; \
+	    if ! cargo fuzz run $(FUZZ_BUILD) $$t $$scratch fuzz/corpus/$$t fuzz/regressions/$$t -- \
+	        -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 $$dict >$$log 2>&1; then \
+	        tail -n 60 $$log; \
+	        echo "fuzz $$t failed; a crash's input is in fuzz/artifacts/$$t/, replay it with:"; \
+	        echo "    cargo fuzz run $(FUZZ_BUILD) $$t fuzz/artifacts/$$t/<file>"; \
+	        exit 1; \
+	    fi; \
+	    grep -E '^(#[0-9]+[[:space:]]+DONE|Done)' $$log | sed "s/^/    /"; \
+	done
+
+# The fuzz crate is its own workspace; it starts from the root's lock, so it builds the same
+# versions (cargo adds libfuzzer-sys to it).
+fuzz/Cargo.lock: Cargo.lock
+	cp Cargo.lock $@
 
 bench: deps
 	$(VENV)/bin/python perf/bench.py
