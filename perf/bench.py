@@ -451,30 +451,25 @@ def build(target_dir: Path, packages: list[str]) -> list[str]:
     return argv
 
 
-def sluice_config(listen: int, admin: int, upstream: int, audit: Path) -> str:
+def sluice_config(listen: int, admin: int, upstream: int, audit: Path, *, top: str = "",
+                  mcp: str = "", keys: str = "") -> str:
     """Sluice as deployed: one virtual key (from the environment) granted every tool, and the
-    audit log on, so the measured path includes authentication, policy and audit."""
+    audit log on, so the measured path includes authentication, policy and audit. `top`, `mcp`
+    and `keys` are extra YAML lines (indented as they go) for the harnesses built on this one."""
     return f"""listen: [ {{ address: 127.0.0.1:{listen} }} ]
 admin: {{ address: 127.0.0.1:{admin} }}
-mcp:
+{top}mcp:
   page_size: 1000
-  servers:
+{mcp}  servers:
     - name: fast
       http: {{ url: "http://127.0.0.1:{upstream}/mcp" }}
 keys:
   - name: bench
     key: ${{SLUICE_BENCH_KEY}}
     tools: ["*"]
-audit:
+{keys}audit:
   path: {audit}
 """
-
-
-def find_nginx(explicit: Path | None) -> str | None:
-    """nginx from --nginx-bin, PATH, or where Debian puts it (/usr/sbin, not on a user's PATH)."""
-    candidates = [explicit] if explicit else [shutil.which("nginx"), "/usr/sbin/nginx",
-                                              "/usr/local/nginx/sbin/nginx"]
-    return next((str(c) for c in candidates if c and os.access(c, os.X_OK)), None)
 
 
 def nginx_config(prefix: Path, listen: int, upstream: int, workers: int) -> str:

@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import sluice_config as bench_sluice_config  # noqa: E402
 from bench import (  # noqa: E402  (bench.py sits next to this file)
     CLK_TCK,
     RESULTS,
@@ -101,22 +102,9 @@ def sluice_config(listen: int, admin: int, upstream: int, audit: Path, generatio
     """Sluice as in bench.py (one virtual key granted every tool, audit log on), plus a tool
     group that no key uses: renamed on every reload, so each reload is a real change that
     alters nothing the traffic depends on."""
-    return f"""listen: [ {{ address: 127.0.0.1:{listen} }} ]
-admin: {{ address: 127.0.0.1:{admin} }}
-mcp:
-  page_size: 1000
-  tool_groups:
-    soak-reload-{generation}: ["fast__small"]
-  servers:
-    - name: fast
-      http: {{ url: "http://127.0.0.1:{upstream}/mcp" }}
-keys:
-  - name: bench
-    key: ${{SLUICE_BENCH_KEY}}
-    tools: ["*"]
-audit:
-  path: {audit}
-"""
+    return bench_sluice_config(
+        listen, admin, upstream, audit,
+        mcp=f'  tool_groups:\n    soak-reload-{generation}: ["fast__small"]\n')
 
 
 # ---------------------------------------------------------------- /proc and /metrics

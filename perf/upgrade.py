@@ -71,6 +71,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import sluice_config as bench_sluice_config  # noqa: E402
 from bench import (  # noqa: E402  (bench.py sits next to this file)
     PROTOCOL_VERSION,
     UPSTREAM_TOOLS,
@@ -111,22 +112,8 @@ def sluice_config(listen: int, admin: int, upstream: int, audit: Path, sock: Pat
         f"    key_sha256: {hashlib.sha256(key.encode()).hexdigest()}\n"
         f"    tools: [\"fast__small\"]\n"
         for n, key in enumerate(reload_keys, 1))
-    return f"""listen: [ {{ address: 127.0.0.1:{listen} }} ]
-admin: {{ address: 127.0.0.1:{admin} }}
-grace_period: {grace}s
-upgrade_sock: {sock}
-mcp:
-  page_size: 1000
-  servers:
-    - name: fast
-      http: {{ url: "http://127.0.0.1:{upstream}/mcp" }}
-keys:
-  - name: bench
-    key: ${{SLUICE_BENCH_KEY}}
-    tools: ["*"]
-{extra}audit:
-  path: {audit}
-"""
+    return bench_sluice_config(listen, admin, upstream, audit,
+                               top=f"grace_period: {grace}s\nupgrade_sock: {sock}\n", keys=extra)
 
 
 def call_body(rid: int) -> str:
