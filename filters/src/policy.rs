@@ -116,6 +116,19 @@ pub const MAX_NARROWING_BYTES: usize = 4096;
 /// The most names or globs in one narrowing list.
 pub const MAX_NARROWING_PATTERNS: usize = 64;
 
+/// Whether a caller with `allowed` and `narrowing` may use the item at `index` of the catalog's
+/// `kind` list: the one check a direct call and a Code Mode script's call share.
+pub fn may_use(
+    allowed: &Allowed,
+    narrowing: Option<&Narrowing>,
+    kind: crate::catalog::Kind,
+    index: usize,
+    name: &str,
+) -> bool {
+    allowed.contains_in(kind, index)
+        && (kind != crate::catalog::Kind::Tools || narrowing.is_none_or(|n| n.matches(name)))
+}
+
 impl Narrowing {
     /// Parse a comma-separated list of names or globs.
     pub fn parse(header: &str) -> Result<Self, NarrowingError> {

@@ -53,8 +53,7 @@ impl Context<'_> {
         name: &str,
         allowed: &crate::policy::Allowed,
     ) -> bool {
-        allowed.contains_in(kind, index)
-            && (kind != Kind::Tools || self.narrowing.is_none_or(|n| n.matches(name)))
+        crate::policy::may_use(allowed, self.narrowing, kind, index, name)
     }
 
     /// Whether the tools of `server` are listed to this caller, and callable directly: in Code

@@ -203,11 +203,13 @@ async fn script_call(env: &ScriptEnv, call: ScriptCall) -> Box<RawValue> {
     };
     work.server = Some(tool.server.clone());
     let allowed = env.caller.grants.allowed(&catalog);
-    let narrowed_out = env
-        .narrowing
-        .as_ref()
-        .is_some_and(|n| !n.matches(&tool.exposed_name));
-    if !allowed.contains(index) || narrowed_out {
+    if !crate::policy::may_use(
+        &allowed,
+        env.narrowing.as_ref(),
+        Kind::Tools,
+        index,
+        &tool.exposed_name,
+    ) {
         return refuse(
             work,
             "denied",
