@@ -472,6 +472,13 @@ keys:
 """
 
 
+def find_nginx(explicit: Path | None) -> str | None:
+    """nginx from --nginx-bin, PATH, or where Debian puts it (/usr/sbin, not on a user's PATH)."""
+    candidates = [explicit] if explicit else [shutil.which("nginx"), "/usr/sbin/nginx",
+                                              "/usr/local/nginx/sbin/nginx"]
+    return next((str(c) for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
 def nginx_config(prefix: Path, listen: int, upstream: int, workers: int) -> str:
     """nginx as a reviewer would set it up in front of one HTTP/1.1 upstream: a keep-alive pool
     of 64 connections (`keepalive`, HTTP/1.1 and an empty Connection header to the upstream),
