@@ -5,6 +5,7 @@
 //! can be swapped as a whole on reload.
 
 mod env;
+mod llm;
 pub mod model;
 mod secret;
 
@@ -103,7 +104,7 @@ fn guess_line(text: &str, e: &serde_yaml::Error) -> Option<usize> {
 }
 
 /// The 1-based line of the first occurrence of `needle` in `text`.
-fn line_of(text: &str, needle: &str) -> Option<usize> {
+pub(crate) fn line_of(text: &str, needle: &str) -> Option<usize> {
     text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
 }
 
@@ -135,6 +136,7 @@ fn validate(config: &Config, text: &str) -> Result<(), (Option<usize>, String)> 
         ));
     }
     validate_limits(config, text)?;
+    llm::validate(config, text)?;
     if config.mcp.page_size == 0 {
         return Err((
             line_of(text, "page_size"),

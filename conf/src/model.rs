@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::llm::{Budget, Llm, Price, Provider, ProviderKind, Route, State, Target};
 use crate::secret::{Secret, redact_url};
 
 /// The whole configuration file.
@@ -48,6 +49,20 @@ pub struct Config {
     /// The Python workers that run Code Mode scripts.
     #[serde(default)]
     pub code_mode: CodeMode,
+    /// LLM providers that `/v1/messages` and `/v1/chat/completions` are routed to.
+    #[serde(default)]
+    pub providers: Vec<Provider>,
+    /// Which provider serves which model; the first matching route applies.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Model prices, for cost budgets and the audit log.
+    #[serde(default)]
+    pub prices: Vec<Price>,
+    #[serde(default)]
+    pub llm: Llm,
+    /// Counted state: token limits, budgets and spend.
+    #[serde(default)]
+    pub state: State,
 }
 
 /// Code Mode's workers and the limits of one script.
@@ -196,15 +211,24 @@ pub struct Key {
     /// instead of the catalog, plus the tools of servers listed `direct`.
     #[serde(default)]
     pub code_mode: bool,
+    /// Model names or globs this key may ask for on the LLM routes; none when empty.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// What the key may spend on models.
+    #[serde(default)]
+    pub budget: Option<Budget>,
 }
 
 /// Per-key request limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
-    /// Requests per minute on `/mcp`.
+    /// Requests per minute, on `/mcp` and the LLM routes together.
     #[serde(default)]
     pub requests_per_minute: Option<u32>,
+    /// Model tokens (prompt and completion) per minute.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
 }
 
 /// The audit log: one JSON line per MCP request that does work.
@@ -217,6 +241,12 @@ pub struct Audit {
     /// Record tool arguments themselves, not only their size.
     #[serde(default)]
     pub include_arguments: bool,
+    /// Record tool results themselves (cut to `max_value_bytes`), not only their size.
+    #[serde(default)]
+    pub include_results: bool,
+    /// Recorded arguments and results are cut to this many bytes.
+    #[serde(default = "default_audit_max_value_bytes")]
+    pub max_value_bytes: usize,
     /// Rotate when the file reaches this size.
     #[serde(default = "default_audit_max_bytes")]
     pub max_bytes: u64,
@@ -230,6 +260,8 @@ impl Default for Audit {
         Audit {
             path: default_audit_path(),
             include_arguments: false,
+            include_results: false,
+            max_value_bytes: default_audit_max_value_bytes(),
             max_bytes: default_audit_max_bytes(),
             max_files: default_audit_max_files(),
         }
@@ -238,6 +270,9 @@ impl Default for Audit {
 
 fn default_audit_path() -> Option<PathBuf> {
     Some(PathBuf::from("data/audit.jsonl"))
+}
+fn default_audit_max_value_bytes() -> usize {
+    16 * 1024
 }
 fn default_audit_max_bytes() -> u64 {
     64 * 1024 * 1024

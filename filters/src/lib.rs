@@ -4,6 +4,7 @@
 //! - [`jsonrpc`], [`protocol`], [`session`]: the MCP wire.
 //! - [`catalog`], [`naming`]: the merged tool catalog and its names.
 //! - [`upstream`]: clients for upstream MCP servers and their supervisors.
+//! - [`llm`]: the LLM routes; [`state`]: counted state (spend, token limits).
 
 pub mod audit;
 pub mod auth;
@@ -11,6 +12,7 @@ pub mod catalog;
 pub mod codemode;
 pub mod jsonrpc;
 pub mod lines;
+pub mod llm;
 pub mod mcp;
 pub mod metrics;
 pub mod naming;
@@ -20,4 +22,5 @@ pub mod ratelimit;
 pub mod session;
 pub mod session_book;
 pub mod sse;
+pub mod state;
 pub mod upstream;
