@@ -178,6 +178,9 @@ impl Bench {
                     &config.code_mode,
                 ),
             )),
+            links: std::sync::Arc::new(sluice_filters::llm::links::ToolUseBook::new(
+                std::time::Duration::from_secs(60),
+            )),
         };
         let endpoint = McpEndpoint::new(
             &config,

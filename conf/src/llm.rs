@@ -249,10 +249,7 @@ pub struct Budget {
 }
 
 /// Checks of `providers`, `routes` and `prices` that serde cannot express.
-pub(crate) fn validate(
-    config: &crate::Config,
-    text: &str,
-) -> Result<(), (Option<usize>, String)> {
+pub(crate) fn validate(config: &crate::Config, text: &str) -> Result<(), (Option<usize>, String)> {
     use crate::line_of;
     let mut names = std::collections::HashSet::new();
     for provider in &config.providers {
@@ -365,7 +362,11 @@ pub(crate) fn validate(
             price.cache_read_per_mtok,
             price.cache_write_per_mtok,
         ];
-        if prices.into_iter().flatten().any(|p| !p.is_finite() || p < 0.0) {
+        if prices
+            .into_iter()
+            .flatten()
+            .any(|p| !p.is_finite() || p < 0.0)
+        {
             return Err((
                 line_of(text, &price.model),
                 format!("the prices of `{}` must be zero or more", price.model),

@@ -53,6 +53,103 @@ pub struct AuditRecord {
     pub error: Option<String>,
     pub upstream_ms: Option<f64>,
     pub total_ms: f64,
+    /// The LLM call whose response asked for this tool call (see `llm::links`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm_request_id: Option<String>,
+    /// The `tool_use` (or `tool_calls`) id of that response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_use_id: Option<String>,
+    /// The tool's result, with `audit.include_results` (cut to `audit.max_value_bytes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// One LLM request.
+#[derive(Debug, Serialize)]
+pub struct LlmRecord {
+    pub time: String,
+    /// This record's id; tool calls the response asked for name it as `llm_request_id`.
+    pub request_id: String,
+    pub key: String,
+    /// `llm/messages`, `llm/chat_completions`, `llm/count_tokens`.
+    pub method: &'static str,
+    /// The model the client asked for.
+    pub model: String,
+    /// Who served it, if anyone did.
+    pub provider: Option<String>,
+    pub provider_model: Option<String>,
+    pub stream: bool,
+    /// `ok`, `error` (the provider or the gateway failed it), `denied` (key, model, budget).
+    pub status: &'static str,
+    pub http_status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Every provider tried, in order.
+    pub attempts: Vec<LlmAttempt>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// In the unit of `prices`.
+    pub cost: f64,
+    /// The tool calls the response asked for.
+    pub tool_uses: Vec<ToolUseRef>,
+    pub upstream_ms: Option<f64>,
+    pub total_ms: f64,
+}
+
+/// One provider tried for an LLM request.
+#[derive(Debug, Clone, Serialize)]
+pub struct LlmAttempt {
+    pub provider: String,
+    pub model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A `tool_use` block of a model response.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolUseRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// A record of either kind.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Entry {
+    Tool(AuditRecord),
+    Llm(LlmRecord),
+}
+
+impl From<AuditRecord> for Entry {
+    fn from(record: AuditRecord) -> Self {
+        Entry::Tool(record)
+    }
+}
+
+impl From<LlmRecord> for Entry {
+    fn from(record: LlmRecord) -> Self {
+        Entry::Llm(record)
+    }
+}
+
+impl Entry {
+    fn weight(&self) -> usize {
+        match self {
+            Entry::Tool(record) => record.weight(),
+            Entry::Llm(record) => {
+                std::mem::size_of::<LlmRecord>()
+                    + record.request_id.len()
+                    + record.model.len()
+                    + record.error.as_ref().map_or(0, String::len)
+                    + record.attempts.len() * 64
+                    + record.tool_uses.len() * 64
+            }
+        }
+    }
 }
 
 impl AuditRecord {
@@ -70,6 +167,7 @@ impl AuditRecord {
             + text(&self.tool)
             + text(&self.error)
             + self.arguments.as_ref().map_or(0, |a| a.get().len())
+            + self.result.as_ref().map_or(0, |a| a.get().len())
     }
 }
 
@@ -84,7 +182,7 @@ pub struct AuditError {
 /// Records waiting for the writer.
 #[derive(Default)]
 struct Queue {
-    records: Vec<AuditRecord>,
+    records: Vec<Entry>,
     /// The [`AuditRecord::weight`] of `records`.
     bytes: usize,
     closed: bool,
@@ -109,6 +207,8 @@ pub struct AuditLog {
     shared: Option<Arc<Shared>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     include_arguments: bool,
+    include_results: bool,
+    max_value_bytes: usize,
 }
 
 impl AuditLog {
@@ -119,6 +219,8 @@ impl AuditLog {
                 shared: None,
                 writer: Mutex::new(None),
                 include_arguments: false,
+                include_results: false,
+                max_value_bytes: 0,
             });
         };
         let file = open_append(&path)?;
@@ -142,7 +244,28 @@ impl AuditLog {
             shared: Some(shared),
             writer: Mutex::new(Some(writer)),
             include_arguments: config.include_arguments,
+            include_results: config.include_results,
+            max_value_bytes: config.max_value_bytes,
         })
+    }
+
+    /// Whether records should carry tool results.
+    pub fn include_results(&self) -> bool {
+        self.include_results
+    }
+
+    /// A value to record (arguments, a result): as it is when small enough, else a string
+    /// holding its cut beginning.
+    pub fn capped(&self, json: &str) -> Option<Box<serde_json::value::RawValue>> {
+        if json.len() <= self.max_value_bytes {
+            return serde_json::value::RawValue::from_string(json.to_string()).ok();
+        }
+        let mut end = self.max_value_bytes;
+        while !json.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = serde_json::Value::String(format!("{}… (cut at {} bytes)", &json[..end], end));
+        serde_json::value::to_raw_value(&cut).ok()
     }
 
     /// Whether records should carry the arguments themselves.
@@ -151,10 +274,11 @@ impl AuditLog {
     }
 
     /// Queue a record; never blocks on the disk.
-    pub fn record(&self, record: AuditRecord) {
+    pub fn record(&self, record: impl Into<Entry>) {
         let Some(shared) = &self.shared else {
             return;
         };
+        let record = record.into();
         let weight = record.weight();
         let mut queue = shared.lock();
         if queue.closed
@@ -303,6 +427,9 @@ mod tests {
             error: None,
             upstream_ms: Some(1.0),
             total_ms: 1.5,
+            llm_request_id: None,
+            tool_use_id: None,
+            result: None,
         }
     }
 
@@ -340,7 +467,7 @@ mod tests {
             path: Some(path.clone()),
             max_bytes: 2000,
             max_files: 2,
-            include_arguments: false,
+            ..AuditConfig::default()
         })
         .unwrap();
         for i in 0..100 {

@@ -31,6 +31,10 @@ pub struct KeyEntry {
     pub grants: Grants,
     /// Lists Code Mode's meta-tools instead of the catalog.
     pub code_mode: bool,
+    /// Model names or globs the key may ask for; `None`: any (the anonymous caller).
+    pub models: Option<Vec<wildmatch::WildMatch>>,
+    pub tokens_per_minute: Option<u64>,
+    pub budget: Option<sluice_conf::Budget>,
 }
 
 impl KeyEntry {
@@ -44,7 +48,19 @@ impl KeyEntry {
             requests_per_minute: None,
             grants: Grants::everything(),
             code_mode: false,
+            models: None,
+            tokens_per_minute: None,
+            budget: None,
         }
+    }
+}
+
+impl KeyEntry {
+    /// Whether the key may ask for `model`.
+    pub fn may_use_model(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(model)))
     }
 }
 
@@ -94,6 +110,14 @@ impl KeyStore {
                 requests_per_minute: key.rate_limit.as_ref().and_then(|l| l.requests_per_minute),
                 grants: Grants::for_key(key, &config.mcp.tool_groups),
                 code_mode: key.code_mode,
+                models: Some(
+                    key.models
+                        .iter()
+                        .map(|m| wildmatch::WildMatch::new(m))
+                        .collect(),
+                ),
+                tokens_per_minute: key.rate_limit.as_ref().and_then(|l| l.tokens_per_minute),
+                budget: key.budget.clone(),
             };
             by_hash.insert(hash, Arc::new(entry));
         }

@@ -48,6 +48,12 @@ pub struct Metrics {
     pub notification_streams: IntGauge,
     /// Answers sent as an SSE stream because the upstream sent something before its answer.
     pub streamed_answers: IntCounter,
+    /// LLM requests by the provider that served them (`none` if none did), model and outcome.
+    pub llm_requests: IntCounterVec,
+    /// Model tokens by provider, model and kind (input, output, cache_read, cache_write).
+    pub llm_tokens: IntCounterVec,
+    /// Attempts that failed over to the next target, by the provider that failed.
+    pub llm_fallbacks: IntCounterVec,
 }
 
 impl Metrics {
@@ -135,8 +141,35 @@ impl Metrics {
             "Answers sent as an SSE stream (progress, log messages or requests to the client came first)",
         )
         .expect("valid metric");
+        let llm_requests = IntCounterVec::new(
+            Opts::new(
+                "sluice_llm_requests_total",
+                "LLM requests by serving provider, model asked of it, and outcome (ok, error, denied)",
+            ),
+            &["provider", "model", "outcome"],
+        )
+        .expect("valid metric");
+        let llm_tokens = IntCounterVec::new(
+            Opts::new(
+                "sluice_llm_tokens_total",
+                "Model tokens by provider, model and kind (input, output, cache_read, cache_write)",
+            ),
+            &["provider", "model", "kind"],
+        )
+        .expect("valid metric");
+        let llm_fallbacks = IntCounterVec::new(
+            Opts::new(
+                "sluice_llm_fallbacks_total",
+                "LLM attempts that failed before answering and fell back to the next target, by provider",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(llm_requests.clone()),
+            Box::new(llm_tokens.clone()),
+            Box::new(llm_fallbacks.clone()),
             Box::new(notification_streams.clone()),
             Box::new(mcp_requests.clone()),
             Box::new(streamed_answers.clone()),
@@ -171,6 +204,9 @@ impl Metrics {
             notification_streams,
             streamed_answers,
             mcp_requests,
+            llm_requests,
+            llm_tokens,
+            llm_fallbacks,
         }
     }
 

@@ -76,6 +76,7 @@ fuzz_target!(|data: &[u8]| {
             metrics: METRICS.clone(),
             rate_limiter: Arc::new(LocalRateLimiter::new()),
             code_mode: code_mode.clone(),
+            links: std::sync::Arc::new(sluice_filters::llm::links::ToolUseBook::new(std::time::Duration::from_secs(60))),
         },
         b"sluice-fuzz-session-secret-0123456789",
         config.mcp.session_ttl,

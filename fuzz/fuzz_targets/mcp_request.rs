@@ -411,6 +411,7 @@ fuzz_target!(|data: &[u8]| {
             metrics: shared.metrics.clone(),
             rate_limiter: Arc::new(LocalRateLimiter::new()),
             code_mode: code_mode(&shared.config),
+            links: std::sync::Arc::new(sluice_filters::llm::links::ToolUseBook::new(std::time::Duration::from_secs(60))),
         },
         SECRET,
         Duration::from_secs(3600),

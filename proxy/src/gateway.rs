@@ -7,19 +7,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use sluice_conf::Limits;
+use sluice_filters::llm::LlmEndpoint;
+use sluice_filters::llm::api::Api;
 use sluice_filters::mcp::transport;
 use sluice_filters::mcp::{McpEndpoint, Request, Response};
 
+use crate::llm::AttemptCtx;
 use crate::respond;
 
 /// What a request is for.
 #[derive(Clone, Copy)]
 enum Route {
     Mcp,
+    Llm(Api),
     NotFound,
 }
 
@@ -28,6 +33,7 @@ impl Route {
     fn label(self) -> &'static str {
         match self {
             Route::Mcp => "mcp",
+            Route::Llm(api) => api.label(),
             Route::NotFound => "not_found",
         }
     }
@@ -38,23 +44,26 @@ pub struct RequestCtx {
     started: Instant,
     route: Route,
     upstream_time: Option<Duration>,
+    /// Set on the subrequests that make LLM attempts (see [`crate::llm`]).
+    attempt: Option<AttemptCtx>,
 }
 
 fn route(path: &str) -> Route {
     match path {
         "/mcp" | "/mcp/" => Route::Mcp,
-        _ => Route::NotFound,
+        _ => Api::from_path(path).map_or(Route::NotFound, Route::Llm),
     }
 }
 
 pub struct Gateway {
     mcp: Arc<McpEndpoint>,
+    llm: Arc<LlmEndpoint>,
     limits: Limits,
 }
 
 impl Gateway {
-    pub fn new(mcp: Arc<McpEndpoint>, limits: Limits) -> Self {
-        Gateway { mcp, limits }
+    pub fn new(mcp: Arc<McpEndpoint>, llm: Arc<LlmEndpoint>, limits: Limits) -> Self {
+        Gateway { mcp, llm, limits }
     }
 
     async fn serve_mcp(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
@@ -69,7 +78,8 @@ impl Gateway {
             }
         };
         let limit = admission.max_body_bytes();
-        let body = match read_body(session, limit, self.limits.body_timeout).await {
+        let too_large = transport::too_large(limit);
+        let body = match read_body(session, limit, self.limits.body_timeout, too_large).await {
             Ok(body) => body,
             Err(NoBody::Refused(refusal)) => {
                 session.set_keepalive(None);
@@ -107,25 +117,27 @@ impl Gateway {
 }
 
 /// Why there is no body to serve.
-enum NoBody {
+pub(crate) enum NoBody {
     /// Too large or too slow: the answer to send.
     Refused(Response),
     /// The connection broke while the body was being read.
     ClientGone,
 }
 
-/// Read a request body of at most `limit` bytes within `timeout`.
-async fn read_body(
+/// Read a request body of at most `limit` bytes within `timeout`; `too_large` is the answer
+/// to a larger one.
+pub(crate) async fn read_body(
     session: &mut Session,
     limit: usize,
     timeout: Duration,
+    too_large: Response,
 ) -> std::result::Result<BytesMut, NoBody> {
     let read = async {
         let mut body = BytesMut::new();
         loop {
             match session.read_request_body().await {
                 Ok(Some(chunk)) if body.len() + chunk.len() > limit => {
-                    return Err(NoBody::Refused(transport::too_large(limit)));
+                    return Err(NoBody::Refused(too_large));
                 }
                 Ok(Some(chunk)) => body.extend_from_slice(&chunk),
                 Ok(None) => return Ok(body),
@@ -158,11 +170,28 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             route: Route::NotFound,
             upstream_time: None,
+            attempt: None,
         }
     }
 
-    /// Route by path; every route served so far is answered here.
+    /// The LLM routes run their attempts as subrequests.
+    fn allow_spawning_subrequest(&self, _session: &Session, _ctx: &Self::CTX) -> bool {
+        true
+    }
+
+    /// Route by path: `/mcp` and refusals are answered here; an LLM request is answered by
+    /// the subrequests it spawns, which go on to the proxy phases below.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        if session.subrequest_ctx.is_some() {
+            ctx.attempt = crate::llm::take_attempt(session);
+            if ctx.attempt.is_none() {
+                return Error::e_explain(
+                    ErrorType::InternalError,
+                    "a subrequest without an attempt",
+                );
+            }
+            return Ok(false);
+        }
         ctx.started = Instant::now();
         if head_bytes(session.req_header()) > self.limits.max_header_bytes {
             session.set_keepalive(None);
@@ -180,7 +209,11 @@ impl ProxyHttp for Gateway {
         ctx.route = route(session.req_header().uri.path());
         match ctx.route {
             Route::Mcp => self.serve_mcp(session, ctx).await?,
-            Route::NotFound => {
+            Route::Llm(api) if self.llm.is_configured() => {
+                ctx.upstream_time =
+                    crate::llm::serve(&self.llm, session, api, self.limits.body_timeout).await?;
+            }
+            Route::Llm(_) | Route::NotFound => {
                 let path = session.req_header().uri.path().to_string();
                 respond::write(session, respond::not_found(&path)).await?
             }
@@ -195,6 +228,10 @@ impl ProxyHttp for Gateway {
         _error: Option<&pingora::Error>,
         ctx: &mut Self::CTX,
     ) {
+        if ctx.attempt.is_some() {
+            // An LLM attempt: the request it serves is counted.
+            return;
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.mcp.metrics().observe_request(
             ctx.route.label(),
@@ -204,15 +241,86 @@ impl ProxyHttp for Gateway {
         );
     }
 
-    /// No route proxies to a peer yet.
+    /// An LLM attempt's provider.
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        Error::e_explain(
-            ErrorType::InternalError,
-            "no route of Sluice proxies to a peer yet",
-        )
+        match &ctx.attempt {
+            Some(attempt) => Ok(attempt.peer()),
+            None => Error::e_explain(ErrorType::InternalError, "no route proxies this request"),
+        }
+    }
+
+    /// The provider's path, headers and credentials; never the client's key.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        match &ctx.attempt {
+            Some(attempt) => attempt.rewrite_request(upstream_request),
+            None => Ok(()),
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(attempt) = &ctx.attempt {
+            attempt.request_body(body, end_of_stream);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        match &mut ctx.attempt {
+            Some(attempt) => attempt.response_head(upstream_response),
+            None => Ok(()),
+        }
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        if let Some(attempt) = &mut ctx.attempt {
+            attempt.response_body(body, end_of_stream);
+        }
+        Ok(None)
+    }
+
+    /// An LLM attempt that failed answers in the client's format, naming the provider.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let error_code = match &mut ctx.attempt {
+            Some(attempt) => attempt.failed(session, e).await,
+            None => {
+                let _ = session.respond_error(500).await;
+                500
+            }
+        };
+        FailToProxy {
+            error_code,
+            can_reuse_downstream: false,
+        }
     }
 }

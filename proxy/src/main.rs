@@ -6,6 +6,7 @@
 mod admin;
 mod connections;
 mod gateway;
+mod llm;
 mod respond;
 mod server;
 mod tls;

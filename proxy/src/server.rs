@@ -14,9 +14,12 @@ use sluice_filters::audit::AuditLog;
 use sluice_filters::catalog::CatalogStore;
 use sluice_filters::codemode::CodeMode;
 use sluice_filters::codemode::pool::{Pool, WorkerCommand};
+use sluice_filters::llm::links::ToolUseBook;
+use sluice_filters::llm::{LlmEndpoint, LlmServices};
 use sluice_filters::mcp::{McpEndpoint, Services};
 use sluice_filters::metrics::Metrics;
 use sluice_filters::ratelimit::LocalRateLimiter;
+use sluice_filters::state::{MemoryStore, SpendStore, SqliteStore};
 use sluice_filters::upstream::Upstreams;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -32,6 +35,8 @@ pub enum StartError {
     Config(#[from] sluice_conf::ConfigError),
     #[error("{0}")]
     Audit(#[from] sluice_filters::audit::AuditError),
+    #[error("{0}")]
+    State(#[from] sluice_filters::state::StateError),
     #[error("TLS listener {address}: {source}")]
     Tls {
         address: String,
@@ -65,11 +70,35 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
     let upstreams = Arc::new(Upstreams::new(&config.mcp.servers, catalog));
     let audit = Arc::new(AuditLog::open(&config.audit)?);
     let metrics = Arc::new(Metrics::new());
+    let links = Arc::new(ToolUseBook::new(config.llm.link_window));
+    let rate_limiter: Arc<dyn sluice_filters::ratelimit::RateLimiter> =
+        Arc::new(LocalRateLimiter::new());
+    // Spend is kept on disk only where model traffic is configured.
+    let sqlite = if config.providers.is_empty() {
+        None
+    } else {
+        Some(Arc::new(SqliteStore::open(&config.state.path)?))
+    };
+    let spend: Arc<dyn SpendStore> = match &sqlite {
+        Some(store) => store.clone(),
+        None => Arc::new(MemoryStore::new()),
+    };
+    let llm = Arc::new(LlmEndpoint::new(
+        &config,
+        LlmServices {
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            rate_limiter: rate_limiter.clone(),
+            spend,
+            links: links.clone(),
+        },
+    ));
     let services = Services {
         upstreams: upstreams.clone(),
         audit: audit.clone(),
         metrics: metrics.clone(),
-        rate_limiter: Arc::new(LocalRateLimiter::new()),
+        rate_limiter,
+        links,
         code_mode: Arc::new(CodeMode::new(Pool::new(
             worker_command(),
             &config.code_mode,
@@ -85,7 +114,7 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
 
     let proxy = pingora::proxy::http_proxy(
         &server.configuration,
-        Gateway::new(mcp.clone(), config.limits.clone()),
+        Gateway::new(mcp.clone(), llm.clone(), config.limits.clone()),
     );
     let limits = connections::Limits {
         max_connections: config.limits.max_connections,
@@ -147,6 +176,7 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
             grace_period: config.grace_period,
             code_mode,
             mcp,
+            llm,
             certificates,
             config_path: config_path.to_path_buf(),
         },
@@ -154,6 +184,9 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
     server.run(RunArgs::default());
     // Every runtime has stopped: nothing records any more, so the audit log can be drained.
     audit.close();
+    if let Some(store) = sqlite {
+        store.close();
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -164,6 +197,7 @@ struct Control {
     grace_period: std::time::Duration,
     code_mode: Arc<CodeMode>,
     mcp: Arc<McpEndpoint>,
+    llm: Arc<LlmEndpoint>,
     certificates: Vec<Arc<Certificate>>,
     config_path: PathBuf,
 }
@@ -184,6 +218,7 @@ impl Control {
         match sluice_conf::load(&self.config_path) {
             Ok(config) => {
                 self.mcp.reload(&config);
+                self.llm.reload(&config);
                 let changes = self.upstreams.apply(&config.mcp.servers);
                 if !changes.is_empty() {
                     tracing::info!(

@@ -1,1 +1,691 @@
-//! (being written)
+//! What a model response says about itself, read as it passes to the client: tokens used (for
+//! budgets and prices), tools called (for the audit log), why it stopped, and errors.
+//!
+//! Reading never changes the bytes. Memory is bounded: a tool call's input is kept up to
+//! [`MAX_TOOL_INPUT`] bytes (beyond that, the call is dropped from what is observed), and at
+//! most [`MAX_TOOL_USES`] calls are kept.
+
+use serde_json::Value;
+
+use super::translate::Format;
+use super::translate::sse::{Event, SseError, SseParser};
+
+/// Largest tool call input kept while a stream is read.
+pub const MAX_TOOL_INPUT: usize = 1 << 20;
+/// Most tool calls kept from one response.
+pub const MAX_TOOL_USES: usize = 1024;
+
+/// Tokens of one response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Input tokens neither read from nor written to the prompt cache.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+}
+
+impl Usage {
+    /// Every token counted: input, output, cache read and cache write.
+    pub fn total(&self) -> u64 {
+        self.input_tokens
+            .saturating_add(self.output_tokens)
+            .saturating_add(self.cache_read_tokens)
+            .saturating_add(self.cache_write_tokens)
+    }
+}
+
+/// A tool the model called. `input` is the parsed arguments, or the raw text as a JSON string
+/// when they are not valid JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolUse {
+    pub id: String,
+    pub name: String,
+    pub input: Value,
+}
+
+/// What was read from one response.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    pub usage: Usage,
+    pub tool_uses: Vec<ToolUse>,
+    /// In the format's own words (`end_turn`, `tool_calls`...).
+    pub stop_reason: Option<String>,
+    pub response_id: Option<String>,
+    /// An error the response carried (an error body or event), a body that could not be read,
+    /// or a stream that ended before its end event.
+    pub error: Option<String>,
+}
+
+fn u64_at(v: &Value, pointer: &str) -> u64 {
+    v.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn string_at(v: &Value, pointer: &str) -> Option<String> {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+fn anthropic_usage(usage: &Value) -> Usage {
+    Usage {
+        input_tokens: u64_at(usage, "/input_tokens"),
+        output_tokens: u64_at(usage, "/output_tokens"),
+        cache_read_tokens: u64_at(usage, "/cache_read_input_tokens"),
+        cache_write_tokens: u64_at(usage, "/cache_creation_input_tokens"),
+    }
+}
+
+/// OpenAI counts cached tokens inside `prompt_tokens`. Cache writes are not an OpenAI field;
+/// gateways translating from Anthropic (Sluice among them) add `cache_creation_input_tokens`.
+fn openai_usage(usage: &Value) -> Usage {
+    let cached = u64_at(usage, "/prompt_tokens_details/cached_tokens");
+    let written = u64_at(usage, "/cache_creation_input_tokens");
+    Usage {
+        input_tokens: u64_at(usage, "/prompt_tokens")
+            .saturating_sub(cached)
+            .saturating_sub(written),
+        output_tokens: u64_at(usage, "/completion_tokens"),
+        cache_read_tokens: cached,
+        cache_write_tokens: written,
+    }
+}
+
+/// Tool call arguments as JSON; empty means `{}`; invalid JSON is kept as a string.
+fn parse_input(raw: &str) -> Value {
+    if raw.trim().is_empty() {
+        return Value::Object(Default::default());
+    }
+    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
+}
+
+/// Reads a complete non-streamed response body of `format` (the format the client receives).
+pub fn observe_body(format: Format, body: &[u8]) -> Observed {
+    let mut seen = Observed::default();
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            seen.error = Some(format!("the response body is not JSON: {e}"));
+            return seen;
+        }
+    };
+    seen.response_id = string_at(&v, "/id");
+    if let Some(error) = v.get("error") {
+        seen.error = Some(string_at(error, "/message").unwrap_or_else(|| error.to_string()));
+    }
+    match format {
+        Format::Anthropic => {
+            seen.usage = anthropic_usage(v.get("usage").unwrap_or(&Value::Null));
+            seen.stop_reason = string_at(&v, "/stop_reason");
+            let blocks = v.get("content").and_then(Value::as_array);
+            for block in blocks.into_iter().flatten() {
+                if block.get("type").and_then(Value::as_str) == Some("tool_use") {
+                    seen.tool_uses.push(ToolUse {
+                        id: string_at(block, "/id").unwrap_or_default(),
+                        name: string_at(block, "/name").unwrap_or_default(),
+                        input: block.get("input").cloned().unwrap_or(Value::Null),
+                    });
+                }
+            }
+        }
+        Format::OpenAi => {
+            seen.usage = openai_usage(v.get("usage").unwrap_or(&Value::Null));
+            seen.stop_reason = string_at(&v, "/choices/0/finish_reason");
+            let calls = v
+                .pointer("/choices/0/message/tool_calls")
+                .and_then(Value::as_array);
+            for call in calls.into_iter().flatten() {
+                seen.tool_uses.push(ToolUse {
+                    id: string_at(call, "/id").unwrap_or_default(),
+                    name: string_at(call, "/function/name").unwrap_or_default(),
+                    input: parse_input(
+                        call.pointer("/function/arguments")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default(),
+                    ),
+                });
+            }
+        }
+    }
+    seen.tool_uses.truncate(MAX_TOOL_USES);
+    seen
+}
+
+/// A tool call whose input is still arriving.
+#[derive(Debug)]
+struct Pending {
+    /// Anthropic block index, or OpenAI tool call index.
+    key: u64,
+    id: String,
+    name: String,
+    input: String,
+    /// Over [`MAX_TOOL_INPUT`]: dropped when finished.
+    too_large: bool,
+}
+
+/// [`observe_body`] for an event stream, fed chunk by chunk as it passes to the client.
+#[derive(Debug)]
+pub struct StreamObserver {
+    format: Format,
+    parser: SseParser,
+    seen: Observed,
+    pending: Vec<Pending>,
+    /// The stream's proper end (`message_stop`, `[DONE]`) or an error was seen.
+    ended: bool,
+}
+
+impl StreamObserver {
+    pub fn new(format: Format) -> Self {
+        StreamObserver {
+            format,
+            parser: SseParser::new(),
+            seen: Observed::default(),
+            pending: Vec::new(),
+            ended: false,
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
+        let events = self.parser.push(chunk);
+        self.take(events);
+    }
+
+    pub fn finish(mut self) -> Observed {
+        let events = self.parser.finish();
+        self.take(events);
+        let pending = std::mem::take(&mut self.pending);
+        for p in pending {
+            self.complete(p);
+        }
+        if !self.ended && self.seen.error.is_none() {
+            self.seen.error = Some("the stream ended before its end event".to_owned());
+        }
+        self.seen
+    }
+
+    fn take(&mut self, events: Vec<Result<Event, SseError>>) {
+        for event in events {
+            match event {
+                Ok(event) => match self.format {
+                    Format::Anthropic => self.anthropic(&event),
+                    Format::OpenAi => self.openai(&event),
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "an unreadable stream event was not observed")
+                }
+            }
+        }
+    }
+
+    fn anthropic(&mut self, event: &Event) {
+        let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+            return;
+        };
+        let kind = data
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or(event.event.as_str());
+        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+        match kind {
+            "message_start" => {
+                self.seen.response_id = string_at(&data, "/message/id");
+                self.latest_usage(anthropic_usage(
+                    data.pointer("/message/usage").unwrap_or(&Value::Null),
+                ));
+            }
+            "content_block_start" => {
+                let block = data.get("content_block").unwrap_or(&Value::Null);
+                if block.get("type").and_then(Value::as_str) == Some("tool_use") {
+                    let mut input = String::new();
+                    // Input normally streams in; a provider may give it whole here.
+                    if let Some(i) = block
+                        .get("input")
+                        .filter(|i| i.as_object().is_some_and(|o| !o.is_empty()))
+                    {
+                        input = i.to_string();
+                    }
+                    self.begin(
+                        index,
+                        string_at(block, "/id"),
+                        string_at(block, "/name"),
+                        &input,
+                    );
+                }
+            }
+            "content_block_delta" => {
+                if let Some(piece) = data.pointer("/delta/partial_json").and_then(Value::as_str) {
+                    self.append(index, piece);
+                }
+            }
+            "content_block_stop" => {
+                if let Some(at) = self.pending.iter().position(|p| p.key == index) {
+                    let p = self.pending.remove(at);
+                    self.complete(p);
+                }
+            }
+            "message_delta" => {
+                if let Some(reason) = string_at(&data, "/delta/stop_reason") {
+                    self.seen.stop_reason = Some(reason);
+                }
+                self.latest_usage(anthropic_usage(data.get("usage").unwrap_or(&Value::Null)));
+            }
+            "message_stop" => self.ended = true,
+            "error" => {
+                self.seen.error =
+                    Some(string_at(&data, "/error/message").unwrap_or_else(|| data.to_string()));
+                self.ended = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn openai(&mut self, event: &Event) {
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            self.ended = true;
+            return;
+        }
+        let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+            return;
+        };
+        if let Some(error) = chunk.get("error") {
+            self.seen.error =
+                Some(string_at(error, "/message").unwrap_or_else(|| error.to_string()));
+            self.ended = true;
+            return;
+        }
+        if self.seen.response_id.is_none() {
+            self.seen.response_id = string_at(&chunk, "/id");
+        }
+        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.seen.usage = openai_usage(usage);
+        }
+        let choices = chunk.get("choices").and_then(Value::as_array);
+        for choice in choices.into_iter().flatten() {
+            if choice.get("index").and_then(Value::as_u64).unwrap_or(0) != 0 {
+                continue;
+            }
+            if let Some(reason) = string_at(choice, "/finish_reason") {
+                self.seen.stop_reason = Some(reason);
+            }
+            let calls = choice
+                .pointer("/delta/tool_calls")
+                .and_then(Value::as_array);
+            for call in calls.into_iter().flatten() {
+                let id = string_at(call, "/id").filter(|id| !id.is_empty());
+                let key = match call.get("index").and_then(Value::as_u64) {
+                    Some(index) => index,
+                    None => self.implied_key(id.as_deref()),
+                };
+                let piece = call
+                    .pointer("/function/arguments")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if self.pending.iter().any(|p| p.key == key) {
+                    self.append(key, piece);
+                } else {
+                    let name = string_at(call, "/function/name");
+                    self.begin(key, id, name, piece);
+                }
+            }
+        }
+    }
+
+    /// A tool call index for servers that leave it out: a new id means a new call, no id the
+    /// latest call.
+    fn implied_key(&self, id: Option<&str>) -> u64 {
+        let latest = self.pending.last();
+        match (latest, id) {
+            (Some(p), Some(id)) if p.id != id => p.key.saturating_add(1),
+            (Some(p), _) => p.key,
+            (None, _) => 0,
+        }
+    }
+
+    /// Usage fields in a stream may come in pieces: keep the latest non-zero value of each.
+    fn latest_usage(&mut self, new: Usage) {
+        let u = &mut self.seen.usage;
+        for (old, new) in [
+            (&mut u.input_tokens, new.input_tokens),
+            (&mut u.output_tokens, new.output_tokens),
+            (&mut u.cache_read_tokens, new.cache_read_tokens),
+            (&mut u.cache_write_tokens, new.cache_write_tokens),
+        ] {
+            if new > 0 {
+                *old = new;
+            }
+        }
+    }
+
+    fn begin(&mut self, key: u64, id: Option<String>, name: Option<String>, input: &str) {
+        if self.seen.tool_uses.len() + self.pending.len() >= MAX_TOOL_USES {
+            return;
+        }
+        let mut p = Pending {
+            key,
+            id: id.unwrap_or_default(),
+            name: name.unwrap_or_default(),
+            input: String::new(),
+            too_large: false,
+        };
+        push_capped(&mut p, input);
+        self.pending.push(p);
+    }
+
+    fn append(&mut self, key: u64, piece: &str) {
+        if let Some(p) = self.pending.iter_mut().find(|p| p.key == key) {
+            push_capped(p, piece);
+        }
+    }
+
+    fn complete(&mut self, p: Pending) {
+        if p.too_large {
+            tracing::debug!(tool = %p.name, "a tool call's input was too large to observe");
+            return;
+        }
+        self.seen.tool_uses.push(ToolUse {
+            id: p.id,
+            name: p.name,
+            input: parse_input(&p.input),
+        });
+    }
+}
+
+fn push_capped(p: &mut Pending, piece: &str) {
+    if p.too_large {
+        return;
+    }
+    if p.input.len() + piece.len() > MAX_TOOL_INPUT {
+        p.too_large = true;
+        p.input = String::new();
+        return;
+    }
+    p.input.push_str(piece);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const A: Format = Format::Anthropic;
+    const O: Format = Format::OpenAi;
+
+    /// Feeds `input` in pieces of `size` bytes.
+    fn stream(format: Format, input: &str, size: usize) -> Observed {
+        let mut o = StreamObserver::new(format);
+        for piece in input.as_bytes().chunks(size.max(1)) {
+            o.push(piece);
+        }
+        o.finish()
+    }
+
+    fn sse(events: &[serde_json::Value]) -> String {
+        events
+            .iter()
+            .map(|v| match v["type"].as_str() {
+                Some(t) => format!("event: {t}\ndata: {v}\n\n"),
+                None => format!("data: {v}\n\n"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn anthropic_body() {
+        let body = json!({
+            "id": "msg_1", "type": "message", "role": "assistant",
+            "content": [
+                {"type": "text", "text": "ok"},
+                {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "a"}}
+            ],
+            "stop_reason": "tool_use",
+            "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 7}
+        });
+        let seen = observe_body(A, body.to_string().as_bytes());
+        assert_eq!(
+            seen,
+            Observed {
+                usage: Usage {
+                    input_tokens: 10,
+                    output_tokens: 5,
+                    cache_read_tokens: 100,
+                    cache_write_tokens: 7
+                },
+                tool_uses: vec![ToolUse {
+                    id: "toolu_1".into(),
+                    name: "Read".into(),
+                    input: json!({"file_path": "a"})
+                }],
+                stop_reason: Some("tool_use".into()),
+                response_id: Some("msg_1".into()),
+                error: None,
+            }
+        );
+        assert_eq!(seen.usage.total(), 122);
+    }
+
+    #[test]
+    fn openai_body() {
+        let body = json!({
+            "id": "chatcmpl-1", "object": "chat.completion",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}},
+                    {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": "oops"}}
+                ]}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 9, "total_tokens": 109, "prompt_tokens_details": {"cached_tokens": 60}}
+        });
+        let seen = observe_body(O, body.to_string().as_bytes());
+        assert_eq!(
+            seen.usage,
+            Usage {
+                input_tokens: 40,
+                output_tokens: 9,
+                cache_read_tokens: 60,
+                cache_write_tokens: 0
+            }
+        );
+        assert_eq!(seen.tool_uses[0].input, json!({"a": 1}));
+        assert_eq!(seen.tool_uses[1].input, json!("oops"));
+        assert_eq!(seen.stop_reason.as_deref(), Some("tool_calls"));
+        assert_eq!(seen.response_id.as_deref(), Some("chatcmpl-1"));
+    }
+
+    #[test]
+    fn error_and_garbage_bodies() {
+        let seen = observe_body(
+            A,
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
+        assert_eq!(seen.error.as_deref(), Some("Overloaded"));
+        let seen = observe_body(
+            O,
+            br#"{"error":{"message":"bad key","type":"invalid_request_error"}}"#,
+        );
+        assert_eq!(seen.error.as_deref(), Some("bad key"));
+        let seen = observe_body(O, b"\xff<html>");
+        assert!(seen.error.is_some());
+        assert_eq!(seen.usage, Usage::default());
+        let seen = observe_body(A, b"[1,2]");
+        assert_eq!(seen.usage, Usage::default());
+    }
+
+    fn anthropic_stream() -> String {
+        sse(&[
+            json!({"type": "message_start", "message": {"id": "msg_9", "usage": {"input_tokens": 30, "cache_read_input_tokens": 200, "cache_creation_input_tokens": 0, "output_tokens": 1}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_a", "name": "Bash", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"command\": \"l"}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "s\"}"}}),
+            json!({"type": "content_block_stop", "index": 1}),
+            json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "toolu_b", "name": "Now", "input": {}}}),
+            json!({"type": "content_block_stop", "index": 2}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 42, "input_tokens": 0}}),
+            json!({"type": "message_stop"}),
+        ])
+    }
+
+    #[test]
+    fn anthropic_stream_usage_and_tools() {
+        let expected = Observed {
+            usage: Usage {
+                input_tokens: 30,
+                output_tokens: 42,
+                cache_read_tokens: 200,
+                cache_write_tokens: 0,
+            },
+            tool_uses: vec![
+                ToolUse {
+                    id: "toolu_a".into(),
+                    name: "Bash".into(),
+                    input: json!({"command": "ls"}),
+                },
+                ToolUse {
+                    id: "toolu_b".into(),
+                    name: "Now".into(),
+                    input: json!({}),
+                },
+            ],
+            stop_reason: Some("tool_use".into()),
+            response_id: Some("msg_9".into()),
+            error: None,
+        };
+        for size in [1, 2, 7, 64, 100_000] {
+            assert_eq!(
+                stream(A, &anthropic_stream(), size),
+                expected,
+                "pieces of {size}"
+            );
+        }
+    }
+
+    fn openai_stream() -> String {
+        let chunk = |choices: serde_json::Value| json!({"id": "chatcmpl-7", "object": "chat.completion.chunk", "choices": choices});
+        let mut usage = chunk(json!([]));
+        usage["usage"] = json!({"prompt_tokens": 50, "completion_tokens": 8, "prompt_tokens_details": {"cached_tokens": 20}});
+        let mut s = sse(&[
+            chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": "x"}}])),
+            chunk(
+                json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}]}}]),
+            ),
+            chunk(
+                json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\":"}}]}}]),
+            ),
+            chunk(
+                json!([{"index": 0, "delta": {"tool_calls": [{"index": 1, "id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]}}]),
+            ),
+            chunk(
+                json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"z\"}"}}]}}]),
+            ),
+            chunk(json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])),
+            usage,
+        ]);
+        s.push_str("data: [DONE]\n\n");
+        s
+    }
+
+    #[test]
+    fn openai_stream_usage_and_tools() {
+        let expected = Observed {
+            usage: Usage {
+                input_tokens: 30,
+                output_tokens: 8,
+                cache_read_tokens: 20,
+                cache_write_tokens: 0,
+            },
+            tool_uses: vec![
+                ToolUse {
+                    id: "call_1".into(),
+                    name: "f".into(),
+                    input: json!({"q": "z"}),
+                },
+                ToolUse {
+                    id: "call_2".into(),
+                    name: "g".into(),
+                    input: json!({}),
+                },
+            ],
+            stop_reason: Some("tool_calls".into()),
+            response_id: Some("chatcmpl-7".into()),
+            error: None,
+        };
+        for size in [1, 3, 50, 100_000] {
+            assert_eq!(
+                stream(O, &openai_stream(), size),
+                expected,
+                "pieces of {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn openai_stream_without_tool_indexes() {
+        let chunk = |calls: serde_json::Value| json!({"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": calls}}]});
+        let mut s = sse(&[
+            chunk(json!([{"id": "call_1", "function": {"name": "f", "arguments": "{\"a\":"}}])),
+            chunk(json!([{"function": {"arguments": "1}"}}])),
+            chunk(json!([{"id": "call_2", "function": {"name": "g", "arguments": "{}"}}])),
+        ]);
+        s.push_str("data: [DONE]\n\n");
+        let seen = stream(O, &s, 5);
+        assert_eq!(
+            seen.tool_uses,
+            vec![
+                ToolUse {
+                    id: "call_1".into(),
+                    name: "f".into(),
+                    input: json!({"a": 1})
+                },
+                ToolUse {
+                    id: "call_2".into(),
+                    name: "g".into(),
+                    input: json!({})
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn stream_errors_and_cut_offs() {
+        let s = anthropic_stream();
+        let cut = &s[..s.find("event: message_delta").unwrap()];
+        let seen = stream(A, cut, 5);
+        assert_eq!(
+            seen.error.as_deref(),
+            Some("the stream ended before its end event")
+        );
+        assert_eq!(seen.tool_uses.len(), 2);
+        let s = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+        assert_eq!(stream(A, s, 4).error.as_deref(), Some("Overloaded"));
+        let s = "data: {\"error\":{\"message\":\"boom\"}}\n\ndata: [DONE]\n\n";
+        assert_eq!(stream(O, s, 4).error.as_deref(), Some("boom"));
+        let s = format!("data: {{bad\n\n{}", openai_stream());
+        assert_eq!(stream(O, &s, 9).tool_uses.len(), 2);
+    }
+
+    #[test]
+    fn oversized_tool_input_is_dropped() {
+        let mut o = StreamObserver::new(A);
+        o.push(sse(&[json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "big", "input": {}}})]).as_bytes());
+        let piece = "x".repeat(64 * 1024);
+        let delta = sse(&[
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": piece}}),
+        ]);
+        for _ in 0..20 {
+            o.push(delta.as_bytes());
+        }
+        assert!(o.pending.iter().all(|p| p.input.is_empty() && p.too_large));
+        o.push(
+            sse(&[
+                json!({"type": "content_block_stop", "index": 0}),
+                json!({"type": "message_stop"}),
+            ])
+            .as_bytes(),
+        );
+        let seen = o.finish();
+        assert!(seen.tool_uses.is_empty());
+        assert!(seen.error.is_none());
+    }
+}

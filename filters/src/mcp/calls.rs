@@ -34,6 +34,11 @@ pub(super) struct Work {
     pub status: &'static str,
     pub error: Option<String>,
     pub upstream_time: Option<Duration>,
+    /// The model response that asked for this call.
+    pub link: Option<crate::llm::links::Link>,
+    /// Keep the result for the audit record (`audit.include_results`).
+    pub keep_result: bool,
+    pub result: Option<String>,
 }
 
 impl Work {
@@ -46,6 +51,9 @@ impl Work {
             status: "error",
             error: None,
             upstream_time: None,
+            link: None,
+            keep_result: false,
+            result: None,
         }
     }
 }
@@ -135,6 +143,9 @@ impl Ledger {
             error: work.error,
             upstream_ms: work.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
             total_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            tool_use_id: work.link.as_ref().map(|l| l.tool_use_id.clone()),
+            llm_request_id: work.link.map(|l| l.llm_request_id),
+            result: work.result.and_then(|r| self.services.audit.capped(&r)),
         });
     }
 
@@ -299,6 +310,13 @@ pub(super) async fn tools_call(
             ),
         );
     };
+    work.keep_result = context.endpoint.services.audit.include_results();
+    work.link = link_of(
+        &context.endpoint.services,
+        &context.caller.name,
+        &params.name,
+        params.arguments,
+    );
     let binding = format!("tools/call\0{}", params.name);
     if let (Some(state), Some(_)) = (&params.request_state, context.stateless) {
         // The retry continues the paused call, which is accounted for when it ends.
@@ -352,6 +370,24 @@ fn unsynced_owner(context: &Context<'_>, name: &str) -> Option<(Arc<str>, String
 }
 
 /// The client's answer to a tools/call, and what the audit log says of it.
+/// The model response that asked for this call, if one passed through Sluice (see
+/// [`crate::llm::links`]). Arguments are parsed only while some tool use is remembered.
+fn link_of(
+    services: &Services,
+    key: &str,
+    tool: &str,
+    arguments: Option<&RawValue>,
+) -> Option<crate::llm::links::Link> {
+    if services.links.is_empty() {
+        return None;
+    }
+    let arguments: Value = match arguments {
+        Some(raw) => serde_json::from_str(raw.get()).ok()?,
+        None => Value::Null,
+    };
+    services.links.take(key, tool, &arguments)
+}
+
 fn tool_answer(
     id: &RawValue,
     ending: Ending,
@@ -367,6 +403,9 @@ fn tool_answer(
             } else {
                 "ok"
             };
+            if work.keep_result {
+                work.result = Some(result.get().to_string());
+            }
             let body = match era {
                 Era::Session => jsonrpc::result_bytes(id, result.get()),
                 Era::Stateless { cacheable, tasks } => {

@@ -108,6 +108,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub code_mode: Arc<crate::codemode::CodeMode>,
+    /// Tool uses of model responses, to link the tool calls that follow to them.
+    pub links: Arc<crate::llm::links::ToolUseBook>,
 }
 
 /// Serves `/mcp`.

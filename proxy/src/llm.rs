@@ -1,0 +1,407 @@
+//! The LLM routes on Pingora's proxy path.
+//!
+//! The request body names the model, so it is read before a provider can be chosen; and a
+//! fallback must send it again, whole, to another provider, while Pingora keeps only 64 KiB of
+//! a body for its own retries (a Claude Code request is larger). So the main session reads the
+//! body, and each attempt is a Pingora *subrequest* given that body (translated for its
+//! provider) as a preset: the subrequest runs this same `ProxyHttp` (`upstream_peer`, the
+//! request and response filters, Pingora's connection pool), and its response is piped to the
+//! client as it arrives. A failed attempt (connect error, timeout, 429, 529, 5xx) whose
+//! response has not started towards the client is swallowed, and the next target is tried.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::http::HttpTask;
+use pingora::proxy::Session;
+use pingora::proxy::subrequest::pipe::{InputBody, InputBodyType, pipe_subrequest};
+use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
+use sluice_filters::llm::api::Api;
+use sluice_filters::llm::observe::Observed;
+use sluice_filters::llm::{self, Attempt, AttemptEnd, LlmEndpoint, Plan, Planned};
+
+use crate::gateway::{NoBody, read_body};
+use crate::respond;
+
+/// How long an idle connection to a provider is kept for the next request.
+const PROVIDER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What an attempt reports back to the request it serves.
+#[derive(Default)]
+pub struct Report {
+    /// The provider's status, once its head arrived.
+    status: Option<u16>,
+    /// Why there is no answer: connect error, timeout, broken connection.
+    failure: Option<String>,
+    /// What the response carried, once it ended.
+    observed: Option<Observed>,
+}
+
+/// An attempt, as the subrequest that makes it sees it.
+pub struct AttemptCtx {
+    attempt: Attempt,
+    peer: SocketAddr,
+    report: Arc<Mutex<Report>>,
+}
+
+impl AttemptCtx {
+    fn report(&self) -> std::sync::MutexGuard<'_, Report> {
+        self.report.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Serve one request of an LLM route on the main session.
+pub async fn serve(
+    llm: &LlmEndpoint,
+    session: &mut Session,
+    api: Api,
+    body_timeout: Duration,
+) -> Result<Option<Duration>> {
+    let head = session.req_header();
+    let admission = match llm.admit(api, &head.method, &head.headers) {
+        Ok(admission) => admission,
+        Err(refusal) => {
+            session.set_keepalive(None);
+            respond::write(session, refusal).await?;
+            return Ok(None);
+        }
+    };
+    let body = match read_body(
+        session,
+        admission.max_body_bytes(),
+        body_timeout,
+        llm::refusal(
+            api.format(),
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "the request body is larger than {} bytes (`llm.max_body_bytes`)",
+                admission.max_body_bytes()
+            ),
+        ),
+    )
+    .await
+    {
+        Ok(body) => body.freeze(),
+        Err(NoBody::Refused(refusal)) => {
+            session.set_keepalive(None);
+            respond::write(session, refusal).await?;
+            return Ok(None);
+        }
+        Err(NoBody::ClientGone) => {
+            session.set_keepalive(None);
+            return Ok(None);
+        }
+    };
+    let headers = session.req_header().headers.clone();
+    let mut plan = match llm.plan(admission, &headers, body) {
+        Planned::Answer(response) => {
+            respond::write(session, response).await?;
+            return Ok(None);
+        }
+        Planned::Proxy(plan) => *plan,
+    };
+    let (status, served, observed) = try_targets(llm, session, &mut plan).await?;
+    let upstream_time = plan.upstream_time();
+    llm.finish(plan, status, served, observed.as_ref());
+    Ok(Some(upstream_time))
+}
+
+/// Try the plan's targets in turn until one answers in a way the client should see.
+/// Returns the status the client got, the attempt that served it and what it carried.
+async fn try_targets(
+    llm: &LlmEndpoint,
+    session: &mut Session,
+    plan: &mut Plan,
+) -> Result<(u16, Option<usize>, Option<Observed>)> {
+    let mut last_failure = String::from("no provider could be tried");
+    for index in 0..plan.len() {
+        let started = Instant::now();
+        let attempt = match plan.attempt(index) {
+            Ok(attempt) => attempt,
+            Err(e) => {
+                last_failure = e.to_string();
+                llm.attempt_ended(
+                    plan,
+                    index,
+                    &AttemptEnd::Failed(last_failure.clone()),
+                    started.elapsed(),
+                );
+                continue;
+            }
+        };
+        let may_fall_back = attempt.may_fall_back;
+        let peer = match resolve(&attempt).await {
+            Ok(peer) => peer,
+            Err(e) => {
+                last_failure = e;
+                llm.attempt_ended(
+                    plan,
+                    index,
+                    &AttemptEnd::Failed(last_failure.clone()),
+                    started.elapsed(),
+                );
+                if may_fall_back {
+                    llm.fell_back(plan, index);
+                }
+                continue;
+            }
+        };
+        let report = Arc::new(Mutex::new(Report::default()));
+        let outcome = run_attempt(
+            session,
+            plan.body().clone(),
+            attempt,
+            peer,
+            report.clone(),
+            may_fall_back,
+        )
+        .await;
+        let report = std::mem::take(&mut *report.lock().unwrap_or_else(|p| p.into_inner()));
+        let end = match (report.status, &report.failure) {
+            (Some(status), _) => AttemptEnd::Answered(status),
+            (None, Some(failure)) => AttemptEnd::Failed(failure.clone()),
+            (None, None) => AttemptEnd::Failed("the provider did not answer".into()),
+        };
+        llm.attempt_ended(plan, index, &end, started.elapsed());
+        match outcome {
+            Piped::Swallowed => {
+                llm.fell_back(plan, index);
+                last_failure = match end {
+                    AttemptEnd::Answered(status) => format!("HTTP {status}"),
+                    AttemptEnd::Failed(failure) => failure,
+                };
+                continue;
+            }
+            Piped::Passed => {
+                return Ok((report.status.unwrap_or(502), Some(index), report.observed));
+            }
+            Piped::Nothing(why) => {
+                last_failure = report.failure.unwrap_or(why);
+                if may_fall_back {
+                    llm.fell_back(plan, index);
+                }
+                continue;
+            }
+        }
+    }
+    let message = format!("no provider could answer: {last_failure}");
+    respond::write(session, plan.unreachable(&message)).await?;
+    Ok((502, None, None))
+}
+
+/// How an attempt's response went to the client.
+enum Piped {
+    /// It did (some or all of it): the request is answered.
+    Passed,
+    /// A failure that another target may still repair; the client saw nothing.
+    Swallowed,
+    /// Nothing reached the client (the subrequest failed before any response).
+    Nothing(String),
+}
+
+/// Run one attempt as a subrequest, piping its response to the client unless it is a
+/// failure to fall back from.
+async fn run_attempt(
+    session: &mut Session,
+    client_body: Bytes,
+    attempt: Attempt,
+    peer: SocketAddr,
+    report: Arc<Mutex<Report>>,
+    may_fall_back: bool,
+) -> Piped {
+    let Some(spawner) = session.subrequest_spawner.as_ref() else {
+        return Piped::Nothing("subrequests are not enabled".into());
+    };
+    let ctx = SubrequestCtx::builder()
+        .body_mode(BodyMode::ExpectBody)
+        .user_ctx(Box::new(Some(AttemptCtx {
+            attempt,
+            peer,
+            report,
+        })))
+        .build();
+    let (subrequest, handle) = spawner.create_subrequest(session.downstream_session.as_ref(), ctx);
+
+    let mut swallowing = false;
+    let mut passed = false;
+    let filter = |task: HttpTask| -> Result<Option<HttpTask>> {
+        if swallowing {
+            return Ok(None);
+        }
+        if !passed {
+            let failed = match &task {
+                HttpTask::Header(header, _) => llm::retryable(header.status.as_u16()),
+                HttpTask::Failed(_) => true,
+                _ => false,
+            };
+            if failed && may_fall_back {
+                swallowing = true;
+                return Ok(None);
+            }
+            passed = true;
+        }
+        Ok(Some(task))
+    };
+    let result = pipe_subrequest(
+        session,
+        subrequest,
+        handle,
+        filter,
+        // The client's body, as its head frames it; the attempt swaps in its own.
+        InputBodyType::Preset(InputBody::Bytes(vec![client_body])),
+    )
+    .await;
+    let (state, error) = match result {
+        Ok(state) => (state, None),
+        Err(e) => (e.state, Some(e.error)),
+    };
+    // The subrequest records what its response carried when it ends: wait for it.
+    if let Some(join) = state.join_handle {
+        let _ = join.await;
+    }
+    if swallowing {
+        Piped::Swallowed
+    } else if passed {
+        Piped::Passed
+    } else {
+        Piped::Nothing(
+            error.map_or_else(|| "the provider did not answer".into(), |e| e.to_string()),
+        )
+    }
+}
+
+/// The provider's address, resolved now (names are looked up off the request threads).
+async fn resolve(attempt: &Attempt) -> std::result::Result<SocketAddr, String> {
+    let address = &attempt.outgoing.address;
+    let mut found = tokio::net::lookup_host((address.host.as_str(), address.port))
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot resolve `{}` of provider `{}`: {e}",
+                address.host, attempt.provider
+            )
+        })?;
+    found.next().ok_or_else(|| {
+        format!(
+            "`{}` of provider `{}` has no address",
+            address.host, attempt.provider
+        )
+    })
+}
+
+/// The attempt a subrequest was created for, taken from its context.
+pub fn take_attempt(session: &mut Session) -> Option<AttemptCtx> {
+    session
+        .subrequest_ctx
+        .as_mut()?
+        .user_ctx_mut()?
+        .downcast_mut::<Option<AttemptCtx>>()?
+        .take()
+}
+
+impl AttemptCtx {
+    /// The provider to connect to.
+    pub fn peer(&self) -> Box<HttpPeer> {
+        let address = &self.attempt.outgoing.address;
+        let mut peer = HttpPeer::new(self.peer, address.tls, address.host.clone());
+        peer.options.connection_timeout = Some(self.attempt.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.attempt.connect_timeout);
+        peer.options.read_timeout = Some(self.attempt.timeout);
+        peer.options.write_timeout = Some(self.attempt.timeout);
+        peer.options.idle_timeout = Some(PROVIDER_IDLE_TIMEOUT);
+        Box::new(peer)
+    }
+
+    /// Make the request the provider's: path, headers, credentials.
+    pub fn rewrite_request(&self, request: &mut RequestHeader) -> Result<()> {
+        let outgoing = &self.attempt.outgoing;
+        let mut rewritten = RequestHeader::build(
+            "POST",
+            outgoing.path.as_bytes(),
+            Some(outgoing.headers.len()),
+        )?;
+        for (name, value) in &outgoing.headers {
+            rewritten.append_header(name.clone(), value.as_str())?;
+        }
+        *request = rewritten;
+        Ok(())
+    }
+
+    /// The subrequest reads the client's body, as the client's head frames it; what goes to
+    /// the provider is the attempt's own body, whole, at the end.
+    pub fn request_body(&self, body: &mut Option<Bytes>, end: bool) {
+        *body = end.then(|| self.attempt.outgoing.body.clone());
+    }
+
+    /// The provider's response head: note the status, and make the head fit the body the
+    /// client will get.
+    pub fn response_head(&mut self, response: &mut ResponseHeader) -> Result<()> {
+        let status = response.status.as_u16();
+        self.report().status = Some(status);
+        let head = self.attempt.shaper.head(status);
+        if head.drop_length {
+            response.remove_header(&http::header::CONTENT_LENGTH);
+            response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+        if let Some(content_type) = head.content_type {
+            response.insert_header(http::header::CONTENT_TYPE, content_type)?;
+        }
+        response.remove_header(&http::header::SET_COOKIE);
+        response.insert_header(llm::PROVIDER_HEADER, self.attempt.provider.as_str())?;
+        response.insert_header(llm::MODEL_HEADER, self.attempt.provider_model.as_str())?;
+        Ok(())
+    }
+
+    /// A piece of the provider's body, shaped for the client.
+    pub fn response_body(&mut self, body: &mut Option<Bytes>, end: bool) {
+        *body = self.attempt.shaper.body(body.as_deref(), end);
+        if end {
+            self.report().observed = Some(self.attempt.shaper.observed().clone());
+        }
+    }
+
+    /// The attempt failed without a usable response; write the client an error in its format
+    /// (it reaches the client only if no other target is left).
+    pub async fn failed(&mut self, session: &mut Session, error: &pingora::Error) -> u16 {
+        let reason = describe(error, &self.attempt.provider);
+        self.report().failure = Some(reason.clone());
+        let status = if matches!(
+            error.etype(),
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout
+        ) {
+            504
+        } else {
+            502
+        };
+        if session.response_written().is_none() {
+            let response = llm::refusal(
+                self.attempt.shaper.client_format(),
+                http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY),
+                &reason,
+            );
+            let _ = respond::write(session, response).await;
+        }
+        status
+    }
+}
+
+/// A provider failure in words, without URLs or credentials.
+fn describe(error: &pingora::Error, provider: &str) -> String {
+    let what = match error.etype() {
+        ErrorType::ConnectTimedout => "connecting timed out",
+        ErrorType::ConnectRefused => "the connection was refused",
+        ErrorType::ConnectNoRoute => "no route to the provider",
+        ErrorType::ReadTimedout => "the provider did not answer in time (`timeout`)",
+        ErrorType::ConnectionClosed => "the provider closed the connection",
+        ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert => "the TLS handshake failed",
+        _ if error.esource() == &ErrorSource::Upstream => "the provider's answer broke off",
+        _ => "the request could not be sent",
+    };
+    format!("provider `{provider}`: {what}")
+}
