@@ -445,7 +445,7 @@ mod tests {
         );
         let o = outgoing(
             &a,
-            serde_json::json!({"model": "claude-x"}),
+            serde_json::json!({"model": "claude-x", "max_tokens": 5, "messages": []}),
             false,
             "gpt-4o",
         );
