@@ -343,6 +343,11 @@ impl AttemptCtx {
         let status = response.status.as_u16();
         self.report().status = Some(status);
         let head = self.attempt.shaper.head(status);
+        // Statuses only one format knows (Anthropic's 529) become the client format's.
+        let client = llm::translate::client_status(status, self.attempt.shaper.client_format());
+        if client != status {
+            response.set_status(client)?;
+        }
         if head.drop_length {
             response.remove_header(&http::header::CONTENT_LENGTH);
             response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
@@ -377,7 +382,13 @@ impl AttemptCtx {
         } else {
             502
         };
-        if session.response_written().is_none() {
+        if session.response_written().is_some() {
+            // The answer had started: end the client's stream with an error event.
+            if let Some(ending) = self.attempt.shaper.broken(&reason) {
+                let _ = session.write_response_body(Some(ending), true).await;
+            }
+            self.report().observed = Some(self.attempt.shaper.observed().clone());
+        } else {
             let response = llm::refusal(
                 self.attempt.shaper.client_format(),
                 http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY),

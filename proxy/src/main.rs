@@ -63,10 +63,11 @@ fn main() -> ExitCode {
         Command::Check => match sluice_conf::load(&cli.config) {
             Ok(config) => {
                 println!(
-                    "{}: OK ({} listener(s), {} MCP server(s))",
+                    "{}: OK ({} listener(s), {} MCP server(s), {} LLM provider(s))",
                     cli.config.display(),
                     config.listen.len(),
-                    config.mcp.servers.len()
+                    config.mcp.servers.len(),
+                    config.providers.len()
                 );
                 ExitCode::SUCCESS
             }

@@ -21,6 +21,10 @@ ENV = {
     "ALICE_KEY": "alice-key-0123456789",
     "BOB_KEY": "bob-key-0123456789",
     "SLUICE_CODER_KEY": "coder-key-0123456789",
+    "ANTHROPIC_API_KEY": "sk-ant-example",
+    "OPENAI_API_KEY": "sk-openai-example",
+    "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-example",
 }
 
 

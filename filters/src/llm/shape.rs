@@ -228,6 +228,32 @@ impl Shaper {
         }
     }
 
+    /// The provider's stream broke off after it had started towards the client: what ends the
+    /// client's stream with an error event in its format (nothing for a whole body, whose
+    /// connection is closed instead).
+    pub fn broken(&mut self, reason: &str) -> Option<Bytes> {
+        let Some(Mode::Stream {
+            translator,
+            observer,
+            ..
+        }) = self.mode.as_mut()
+        else {
+            return None;
+        };
+        let mut out = Vec::new();
+        match translator.as_mut() {
+            // The translator knows whether its stream ended; if not, it closes it with an error.
+            Some(translator) => translator.finish(&mut out),
+            None => out = stream_error(self.client, reason),
+        }
+        observer.push(&out);
+        self.finish_observing(&out);
+        self.observed
+            .error
+            .get_or_insert_with(|| reason.to_string());
+        Some(Bytes::from(out))
+    }
+
     /// The format the client reads.
     pub fn client_format(&self) -> Format {
         self.client
@@ -246,5 +272,89 @@ fn stream_error(format: Format, message: &str) -> Vec<u8> {
     match format {
         Format::Anthropic => format!("event: error\ndata: {body}\n\n").into_bytes(),
         Format::OpenAi => format!("data: {body}\n\n").into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ANTHROPIC_STREAM: &str = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"mcp__s__echo\",\"input\":{}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\": 1}\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":7}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    fn run(shaper: &mut Shaper, status: u16, body: &[u8]) -> (Head, Vec<u8>) {
+        let head = shaper.head(status);
+        let mut out = Vec::new();
+        // Split the body in small pieces, as a network would.
+        for piece in body.chunks(7) {
+            out.extend_from_slice(&shaper.body(Some(piece), false).unwrap_or_default());
+        }
+        out.extend_from_slice(&shaper.body(None, true).unwrap_or_default());
+        (head, out)
+    }
+
+    #[test]
+    fn a_stream_of_the_clients_format_passes_unchanged_and_is_observed() {
+        let mut shaper = Shaper::new(Format::Anthropic, Wire::Sse(Format::Anthropic), "m", false);
+        let (head, out) = run(&mut shaper, 200, ANTHROPIC_STREAM.as_bytes());
+        assert!(!head.drop_length);
+        assert_eq!(out, ANTHROPIC_STREAM.as_bytes());
+        let observed = shaper.observed();
+        assert_eq!(observed.usage.input_tokens, 11);
+        assert_eq!(observed.usage.output_tokens, 7);
+        assert_eq!(observed.tool_uses[0].id, "toolu_1");
+        assert_eq!(observed.tool_uses[0].input, serde_json::json!({"a": 1}));
+    }
+
+    #[test]
+    fn a_stream_of_the_other_format_is_translated_and_observed_as_the_client_sees_it() {
+        let mut shaper = Shaper::new(Format::OpenAi, Wire::Sse(Format::Anthropic), "m", false);
+        let (head, out) = run(&mut shaper, 200, ANTHROPIC_STREAM.as_bytes());
+        assert!(head.drop_length);
+        assert_eq!(head.content_type, Some("text/event-stream"));
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("chat.completion.chunk"), "{text}");
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+        let observed = shaper.observed();
+        assert_eq!(observed.usage.output_tokens, 7);
+        assert_eq!(observed.tool_uses[0].name, "mcp__s__echo");
+    }
+
+    #[test]
+    fn an_error_of_the_other_format_is_rewritten_in_the_clients() {
+        let mut shaper = Shaper::new(Format::Anthropic, Wire::Json(Format::OpenAi), "m", false);
+        let body = br#"{"error":{"message":"slow down","type":"rate_limit_exceeded"}}"#;
+        let (head, out) = run(&mut shaper, 429, body);
+        assert!(head.drop_length);
+        let error: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(error["type"], "error");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("slow down")
+        );
+        assert!(shaper.observed().error.is_some());
+    }
+
+    #[test]
+    fn a_broken_translated_stream_ends_with_an_error_event() {
+        let mut shaper = Shaper::new(Format::Anthropic, Wire::Sse(Format::OpenAi), "m", false);
+        shaper.head(200);
+        let first = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"g\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
+        let started = shaper.body(Some(first.as_bytes()), false).unwrap();
+        assert!(String::from_utf8_lossy(&started).contains("message_start"));
+        let ending = shaper
+            .broken("provider `p`: the provider's answer broke off")
+            .unwrap();
+        let ending = String::from_utf8_lossy(&ending);
+        assert!(ending.contains("event: error"), "{ending}");
+        assert!(shaper.observed().error.is_some());
     }
 }
