@@ -213,21 +213,46 @@ fn default_link_window() -> Duration {
     Duration::from_secs(600)
 }
 
-/// Where counted state (token rate limits, budgets, spend) is kept.
+/// Where counted state (rate limits, budgets, spend, ended sessions) is kept.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {
-    /// The embedded store (SQLite) that keeps spend across restarts.
+    /// The embedded store (SQLite) that keeps spend across restarts of one instance.
     #[serde(default = "default_state_path")]
     pub path: PathBuf,
+    /// Shared with the other instances through Redis (in-process when absent).
+    #[serde(default)]
+    pub redis: Option<Redis>,
 }
 
 impl Default for State {
     fn default() -> Self {
         State {
             path: default_state_path(),
+            redis: None,
         }
     }
+}
+
+/// The Redis that several Sluice instances share.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    /// `redis://[user:password@]host:port[/db]` (normally `${SLUICE_REDIS_URL}`).
+    pub url: Secret,
+    /// Counters are pushed to Redis as they change and read back at least this often.
+    #[serde(default = "default_redis_sync_interval", with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// Prefix of every Redis key Sluice writes, so that deployments can share a Redis.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_sync_interval() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_redis_prefix() -> String {
+    "sluice".into()
 }
 
 fn default_state_path() -> PathBuf {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::llm::{Budget, Llm, Price, Provider, ProviderKind, Route, State, Target};
+pub use crate::llm::{Budget, Llm, Price, Provider, ProviderKind, Redis, Route, State, Target};
 use crate::secret::{Secret, redact_url};
 
 /// The whole configuration file.
