@@ -40,10 +40,10 @@ deps: system-deps node-deps python-deps
 # Build tools for BoringSSL (cmake, clang, go), pyo3 (libpython3.11-dev), the load generator
 # oha (libssl-dev, pkg-config), openssl for development certificates, nginx (a path of the load
 # benchmark). The stamp is remade when this Makefile changes, so a new package is installed.
-APT_PACKAGES := cmake clang libclang-dev golang-go libpython3.11-dev libssl-dev pkg-config openssl procps nginx
+APT_PACKAGES := cmake clang libclang-dev golang-go libpython3.11-dev libssl-dev pkg-config openssl procps nginx redis-server
 system-deps: $(STAMPS)/system
 $(STAMPS)/system: Makefile
-	@if ! (command -v cmake && command -v clang && command -v go && command -v openssl && test -x /usr/sbin/nginx && dpkg -s libclang-dev libpython3.11-dev libssl-dev pkg-config procps nginx) >/dev/null 2>&1; then \
+	@if ! (command -v cmake && command -v clang && command -v go && command -v openssl && test -x /usr/sbin/nginx && command -v redis-server && dpkg -s libclang-dev libpython3.11-dev libssl-dev pkg-config procps nginx redis-server) >/dev/null 2>&1; then \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES); \
 	fi

@@ -136,6 +136,17 @@ fn validate(config: &Config, text: &str) -> Result<(), (Option<usize>, String)> 
         ));
     }
     validate_limits(config, text)?;
+    if config
+        .mcp
+        .previous_session_secrets
+        .iter()
+        .any(|s| s.expose().len() < 16)
+    {
+        return Err((
+            line_of(text, "previous_session_secrets"),
+            "every `mcp.previous_session_secrets` entry must be at least 16 bytes".into(),
+        ));
+    }
     llm::validate(config, text)?;
     if config.mcp.page_size == 0 {
         return Err((

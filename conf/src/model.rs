@@ -354,6 +354,10 @@ pub struct Mcp {
     /// Sessions one instance holds at most; `initialize` beyond it gets 503.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// Session secrets accepted besides `SLUICE_SESSION_SECRET` (which seals), for rotation
+    /// (normally `${SLUICE_SESSION_SECRET_PREVIOUS}`); at least 16 bytes each.
+    #[serde(default)]
+    pub previous_session_secrets: Vec<Secret>,
 }
 
 impl Default for Mcp {
@@ -367,6 +371,7 @@ impl Default for Mcp {
             session_ttl: default_session_ttl(),
             session_idle_timeout: default_session_idle_timeout(),
             max_sessions: default_max_sessions(),
+            previous_session_secrets: Vec::new(),
         }
     }
 }

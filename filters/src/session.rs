@@ -21,7 +21,7 @@ use crate::session_book::{Limits, Refusal, SessionBook};
 type HmacSha256 = Hmac<Sha256>;
 
 const FORMAT: u8 = 2;
-const NONCE_LEN: usize = 16;
+pub const NONCE_LEN: usize = 16;
 const MAC_LEN: usize = 16;
 /// format, created (u64), protocol index, key fingerprint (8), nonce, client capabilities.
 const BODY_LEN: usize = 1 + 8 + 1 + 8 + NONCE_LEN + 1;
@@ -158,6 +158,14 @@ pub enum SessionError {
     Idle,
 }
 
+/// Whether `tag` is `body`'s seal under `secret`.
+fn verifies(secret: &[u8], body: &[u8], tag: &[u8]) -> bool {
+    HmacSha256::new_from_slice(secret).is_ok_and(|mut mac| {
+        mac.update(body);
+        mac.verify_truncated_left(tag).is_ok()
+    })
+}
+
 /// `initialize` when this instance holds as many sessions as it may.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
@@ -167,7 +175,10 @@ pub struct SessionsFull(pub usize);
 
 /// Issues and checks session tokens.
 pub struct Sessions {
+    /// The secret that seals new tokens.
     secret: Vec<u8>,
+    /// Older (or not yet used) secrets whose tokens are still accepted, for rotation.
+    accepted: Vec<Vec<u8>>,
     ttl: Duration,
     /// Tokens whose seal was checked already.
     verified: Mutex<lru::LruCache<String, Session>>,
@@ -175,18 +186,42 @@ pub struct Sessions {
     book: Mutex<SessionBook>,
     /// The book's sessions in use, readable without its lock (for the gauge).
     in_use: AtomicUsize,
+    /// Told of every session ended here (to share it with the other instances).
+    on_end: std::sync::OnceLock<EndHook>,
 }
+
+/// What is told of a session ended on this instance: its nonce and expiry.
+pub type EndHook = Arc<dyn Fn([u8; NONCE_LEN], u64) + Send + Sync>;
 
 impl Sessions {
     /// `secret` seals the tokens; instances that share sessions share the secret.
     pub fn new(secret: &[u8], ttl: Duration, limits: Limits) -> Self {
         Sessions {
             secret: secret.to_vec(),
+            accepted: Vec::new(),
             ttl,
             verified: Mutex::new(lru::LruCache::new(VERIFIED_CACHE)),
             book: Mutex::new(SessionBook::new(limits)),
             in_use: AtomicUsize::new(0),
+            on_end: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Tell `hook` of every session a client ends here (set once).
+    pub fn on_end(&self, hook: EndHook) {
+        let _ = self.on_end.set(hook);
+    }
+
+    /// Also accept tokens sealed with these secrets (a rotation: the new secret is accepted
+    /// everywhere before it seals, the old one until its tokens expire).
+    pub fn accepting(mut self, secrets: impl IntoIterator<Item = Vec<u8>>) -> Self {
+        self.accepted.extend(secrets);
+        self
+    }
+
+    /// Every secret a token may be sealed with, the sealing one first.
+    fn secrets(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.secret.as_slice()).chain(self.accepted.iter().map(Vec::as_slice))
     }
 
     /// New limits from a reload; sessions over them end as they go idle.
@@ -259,10 +294,9 @@ impl Sessions {
             return Err(SessionError::Malformed);
         }
         let (body, tag) = bytes.split_at(BODY_LEN);
-        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
-        mac.update(body);
-        mac.verify_truncated_left(tag)
-            .map_err(|_| SessionError::BadSeal)?;
+        if !self.secrets().any(|secret| verifies(secret, body, tag)) {
+            return Err(SessionError::BadSeal);
+        }
         let created =
             u64::from_be_bytes(body[1..9].try_into().map_err(|_| SessionError::Malformed)?);
         let nonce: [u8; NONCE_LEN] = body[NONCE]
@@ -289,6 +323,9 @@ impl Sessions {
     pub fn delete(&self, token: &str) -> Result<Session, SessionError> {
         let session = self.open(token)?;
         self.with_book(|book| book.end(session.nonce, session.expires_at, now()));
+        if let Some(hook) = self.on_end.get() {
+            hook(session.nonce, session.expires_at);
+        }
         Ok(session)
     }
 
@@ -310,10 +347,14 @@ impl Sessions {
             return None;
         }
         let (signed, tag) = bytes.split_at(bytes.len() - MAC_LEN);
-        let mut mac = HmacSha256::new_from_slice(&self.secret).ok()?;
-        mac.update(signed);
-        mac.verify_truncated_left(tag).ok()?;
-        Some(signed[1..].to_vec())
+        self.secrets()
+            .any(|secret| verifies(secret, signed, tag))
+            .then(|| signed[1..].to_vec())
+    }
+
+    /// Mark a session ended that another instance ended (shared through Redis).
+    pub fn ended_elsewhere(&self, nonce: [u8; NONCE_LEN], expires_at: u64) {
+        self.with_book(|book| book.end(nonce, expires_at, now()));
     }
 
     fn with_book<R>(&self, change: impl FnOnce(&mut SessionBook) -> R) -> R {
@@ -399,6 +440,61 @@ mod tests {
         assert_eq!(a.unseal(b'R', &format!("{token}A")), None);
         let other = Sessions::new(b"other", Duration::from_secs(3600), Limits::default());
         assert_eq!(other.unseal(b'R', &token), None);
+    }
+
+    #[test]
+    fn rotation_accepts_previous_secrets_and_seals_with_the_first() {
+        let old = Sessions::new(
+            b"old-secret-0001",
+            Duration::from_secs(3600),
+            Limits::default(),
+        );
+        let old_token = old
+            .issue("2025-11-25", "k", ClientCapabilities::default())
+            .unwrap();
+        let rotated = Sessions::new(
+            b"new-secret-0001",
+            Duration::from_secs(3600),
+            Limits::default(),
+        )
+        .accepting([b"old-secret-0001".to_vec()]);
+        assert!(rotated.open(&old_token).is_ok());
+        let new_token = rotated
+            .issue("2025-11-25", "k", ClientCapabilities::default())
+            .unwrap();
+        // New tokens are sealed with the new secret: an instance still on the old one alone
+        // refuses them, one that accepts both takes them.
+        assert_eq!(old.open(&new_token), Err(SessionError::BadSeal));
+        let both = Sessions::new(
+            b"old-secret-0001",
+            Duration::from_secs(3600),
+            Limits::default(),
+        )
+        .accepting([b"new-secret-0001".to_vec()]);
+        assert!(both.open(&new_token).is_ok());
+        assert_eq!(
+            rotated.unseal(b'R', &old.seal(b'R', b"x")).as_deref(),
+            Some(&b"x"[..])
+        );
+    }
+
+    #[test]
+    fn a_session_ended_elsewhere_is_ended_here() {
+        let a = sessions();
+        let b = sessions();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hook_seen = seen.clone();
+        a.on_end(Arc::new(move |nonce, expires| {
+            hook_seen.lock().unwrap().push((nonce, expires))
+        }));
+        let token = a
+            .issue("2025-11-25", "k", ClientCapabilities::default())
+            .unwrap();
+        assert!(b.open(&token).is_ok());
+        a.delete(&token).unwrap();
+        let (nonce, expires) = seen.lock().unwrap()[0];
+        b.ended_elsewhere(nonce, expires);
+        assert_eq!(b.open(&token), Err(SessionError::Deleted));
     }
 
     #[test]

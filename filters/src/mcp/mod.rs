@@ -127,17 +127,25 @@ pub struct McpEndpoint {
 }
 
 impl McpEndpoint {
+    /// The sessions this endpoint issues and checks.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
     pub fn new(
         config: &Config,
         services: Services,
         session_secret: &[u8],
         session_ttl: Duration,
     ) -> Self {
-        let sessions = Arc::new(Sessions::new(
-            session_secret,
-            session_ttl,
-            session_limits(config),
-        ));
+        let previous = config
+            .mcp
+            .previous_session_secrets
+            .iter()
+            .map(|s| s.expose().as_bytes().to_vec());
+        let sessions = Arc::new(
+            Sessions::new(session_secret, session_ttl, session_limits(config)).accepting(previous),
+        );
         McpEndpoint {
             policy: Arc::new(ArcSwap::from_pointee(Policy::from_config(config, 1))),
             policy_changes: watch::Sender::new(1),
