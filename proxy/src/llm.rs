@@ -120,7 +120,7 @@ async fn try_targets(
     let mut last_failure = String::from("no provider could be tried");
     for index in 0..plan.len() {
         let started = Instant::now();
-        let attempt = match plan.attempt(index) {
+        let attempt = match llm.attempt(plan, index) {
             Ok(attempt) => attempt,
             Err(e) => {
                 last_failure = e.to_string();
@@ -342,9 +342,9 @@ impl AttemptCtx {
     pub fn response_head(&mut self, response: &mut ResponseHeader) -> Result<()> {
         let status = response.status.as_u16();
         self.report().status = Some(status);
-        let head = self.attempt.shaper.head(status);
+        let head = self.attempt.head(status);
         // Statuses only one format knows (Anthropic's 529) become the client format's.
-        let client = llm::translate::client_status(status, self.attempt.shaper.client_format());
+        let client = llm::translate::client_status(status, self.attempt.client_format());
         if client != status {
             response.set_status(client)?;
         }
@@ -363,9 +363,9 @@ impl AttemptCtx {
 
     /// A piece of the provider's body, shaped for the client.
     pub fn response_body(&mut self, body: &mut Option<Bytes>, end: bool) {
-        *body = self.attempt.shaper.body(body.as_deref(), end);
+        *body = self.attempt.body(body.as_deref(), end);
         if end {
-            self.report().observed = Some(self.attempt.shaper.observed().clone());
+            self.report().observed = Some(self.attempt.observed().clone());
         }
     }
 
@@ -384,13 +384,13 @@ impl AttemptCtx {
         };
         if session.response_written().is_some() {
             // The answer had started: end the client's stream with an error event.
-            if let Some(ending) = self.attempt.shaper.broken(&reason) {
+            if let Some(ending) = self.attempt.broken(&reason) {
                 let _ = session.write_response_body(Some(ending), true).await;
             }
-            self.report().observed = Some(self.attempt.shaper.observed().clone());
+            self.report().observed = Some(self.attempt.observed().clone());
         } else {
             let response = llm::refusal(
-                self.attempt.shaper.client_format(),
+                self.attempt.client_format(),
                 http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY),
                 &reason,
             );

@@ -165,13 +165,69 @@ pub struct Plan {
 /// One target's request, ready to send, and the shaping of its response.
 pub struct Attempt {
     pub outgoing: Outgoing,
-    pub shaper: Shaper,
+    shaper: Shaper,
+    /// Where the response's tool uses are remembered, as they complete.
+    linker: Option<Linker>,
     pub provider: String,
     pub provider_model: String,
     pub connect_timeout: Duration,
     pub timeout: Duration,
     /// Whether another target is left if this one fails.
     pub may_fall_back: bool,
+}
+
+/// Remembers a response's tool uses for the tool calls that follow (see [`links`]).
+struct Linker {
+    book: Arc<ToolUseBook>,
+    key: Arc<str>,
+    record_id: String,
+}
+
+impl Attempt {
+    /// The provider answered `status`: how the head must change.
+    pub fn head(&mut self, status: u16) -> shape::Head {
+        self.shaper.head(status)
+    }
+
+    /// A piece of the provider's body (`None` at the end): what the client gets now. Tool
+    /// uses that completed in it are remembered before the client can act on them.
+    pub fn body(&mut self, chunk: Option<&[u8]>, end: bool) -> Option<Bytes> {
+        let out = self.shaper.body(chunk, end);
+        self.remember_tool_uses();
+        out
+    }
+
+    /// The stream broke off after it started: what ends the client's stream.
+    pub fn broken(&mut self, reason: &str) -> Option<Bytes> {
+        let out = self.shaper.broken(reason);
+        self.remember_tool_uses();
+        out
+    }
+
+    fn remember_tool_uses(&mut self) {
+        let Some(linker) = &self.linker else {
+            return;
+        };
+        for tool_use in self.shaper.new_tool_uses() {
+            linker.book.remember(
+                &linker.key,
+                &linker.record_id,
+                &tool_use.id,
+                &tool_use.name,
+                &tool_use.input,
+            );
+        }
+    }
+
+    /// What was seen of the response so far.
+    pub fn observed(&self) -> &Observed {
+        self.shaper.observed()
+    }
+
+    /// The format the client reads.
+    pub fn client_format(&self) -> Format {
+        self.shaper.client_format()
+    }
 }
 
 /// How an attempt ended.
@@ -415,6 +471,18 @@ impl LlmEndpoint {
         refusal(admission.api.format(), status, &message)
     }
 
+    /// The request for target `index` of `plan`, its answer's tool uses remembered for the
+    /// tool calls that follow.
+    pub fn attempt(&self, plan: &Plan, index: usize) -> Result<Attempt, provider::PrepareError> {
+        let mut attempt = plan.attempt(index)?;
+        attempt.linker = Some(Linker {
+            book: self.services.links.clone(),
+            key: plan.admission.key.name.clone(),
+            record_id: plan.record_id.clone(),
+        });
+        Ok(attempt)
+    }
+
     /// An attempt ended; `retry` says whether the next target will be tried.
     pub fn attempt_ended(
         &self,
@@ -529,15 +597,6 @@ impl LlmEndpoint {
                     .inc_by(count);
             }
         }
-        for tool_use in &observed.tool_uses {
-            self.services.links.remember(
-                &key.name,
-                &plan.record_id,
-                &tool_use.id,
-                &tool_use.name,
-                &tool_use.input,
-            );
-        }
         let error = observed.error.clone().or_else(|| {
             (!ok).then(|| {
                 plan.attempts
@@ -638,6 +697,7 @@ impl Plan {
         Ok(Attempt {
             outgoing,
             shaper,
+            linker: None,
             provider: provider.name.clone(),
             provider_model: model.clone(),
             connect_timeout: provider.connect_timeout(),

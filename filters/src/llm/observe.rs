@@ -190,6 +190,11 @@ impl StreamObserver {
         self.take(events);
     }
 
+    /// The tool uses whose blocks have closed so far.
+    pub fn tool_uses(&self) -> &[ToolUse] {
+        &self.seen.tool_uses
+    }
+
     pub fn finish(mut self) -> Observed {
         let events = self.parser.finish();
         self.take(events);

@@ -47,12 +47,15 @@ pub struct Shaper {
     overflow: bool,
     /// Bedrock's errors are JSON `{"message": ...}`, not Anthropic's shape.
     bedrock: bool,
+    /// Tool uses already handed out by [`Shaper::new_tool_uses`].
+    announced: usize,
 }
 
 impl Shaper {
     pub fn new(client: Format, wire: Wire, model: &str, bedrock: bool) -> Self {
         Shaper {
             bedrock,
+            announced: 0,
             client,
             wire,
             model: model.to_string(),
@@ -252,6 +255,18 @@ impl Shaper {
             .error
             .get_or_insert_with(|| reason.to_string());
         Some(Bytes::from(out))
+    }
+
+    /// Tool uses completed since the last call: a client may call a tool as soon as its block
+    /// closes, before the response ends.
+    pub fn new_tool_uses(&mut self) -> Vec<observe::ToolUse> {
+        let all = match &self.mode {
+            Some(Mode::Stream { observer, .. }) => observer.tool_uses(),
+            _ => &self.observed.tool_uses,
+        };
+        let new = all.get(self.announced..).unwrap_or_default().to_vec();
+        self.announced = all.len().max(self.announced);
+        new
     }
 
     /// The format the client reads.
