@@ -54,6 +54,8 @@ pub struct Metrics {
     pub llm_tokens: IntCounterVec,
     /// Attempts that failed over to the next target, by the provider that failed.
     pub llm_fallbacks: IntCounterVec,
+    /// 1 while the Redis shared with other instances answers (only with `state.redis`).
+    pub redis_up: IntGauge,
 }
 
 impl Metrics {
@@ -165,8 +167,14 @@ impl Metrics {
             &["provider"],
         )
         .expect("valid metric");
+        let redis_up = IntGauge::new(
+            "sluice_redis_up",
+            "1 while the Redis shared with other instances answers (with state.redis); 0 while Sluice counts locally",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(redis_up.clone()),
             Box::new(llm_requests.clone()),
             Box::new(llm_tokens.clone()),
             Box::new(llm_fallbacks.clone()),
@@ -207,6 +215,7 @@ impl Metrics {
             llm_requests,
             llm_tokens,
             llm_fallbacks,
+            redis_up,
         }
     }
 

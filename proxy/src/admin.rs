@@ -14,20 +14,29 @@ use pingora::protocols::http::ServerSession;
 use sha2::{Digest, Sha256};
 use sluice_conf::Secret;
 use sluice_filters::metrics::Metrics;
+use sluice_filters::state::RedisShared;
 use sluice_filters::upstream::Upstreams;
 
 pub struct Admin {
     upstreams: Arc<Upstreams>,
     metrics: Arc<Metrics>,
+    /// The Redis shared with other instances, if any.
+    redis: Option<Arc<RedisShared>>,
     /// SHA-256 of the token, when one is required.
     token_hash: Option<[u8; 32]>,
 }
 
 impl Admin {
-    pub fn new(upstreams: Arc<Upstreams>, metrics: Arc<Metrics>, token: Option<&Secret>) -> Self {
+    pub fn new(
+        upstreams: Arc<Upstreams>,
+        metrics: Arc<Metrics>,
+        redis: Option<Arc<RedisShared>>,
+        token: Option<&Secret>,
+    ) -> Self {
         Admin {
             upstreams,
             metrics,
+            redis,
             token_hash: token.map(|t| Sha256::digest(t.expose().as_bytes()).into()),
         }
     }
@@ -79,7 +88,16 @@ impl Admin {
             })
             .collect();
         let tools = self.upstreams.catalog().load().len();
-        let body = serde_json::json!({ "ready": ready, "tools": tools, "servers": servers });
+        let mut body = serde_json::json!({ "ready": ready, "tools": tools, "servers": servers });
+        // Redis down does not make the instance unready: it serves on local counters.
+        if let Some(redis) = &self.redis {
+            let mut state =
+                serde_json::json!({ "redis": if redis.is_up() { "up" } else { "down" } });
+            if let Some(trouble) = redis.trouble() {
+                state["error"] = trouble.into();
+            }
+            body["state"] = state;
+        }
         (status, body.to_string().into_bytes())
     }
 }
@@ -101,7 +119,12 @@ impl ServeHttp for Admin {
             ),
             "/metrics" => (
                 StatusCode::OK,
-                self.metrics.render(&self.upstreams),
+                {
+                    if let Some(redis) = &self.redis {
+                        self.metrics.redis_up.set(i64::from(redis.is_up()));
+                    }
+                    self.metrics.render(&self.upstreams)
+                },
                 "text/plain; version=0.0.4",
             ),
             _ => (

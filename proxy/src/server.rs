@@ -19,7 +19,11 @@ use sluice_filters::llm::{LlmEndpoint, LlmServices};
 use sluice_filters::mcp::{McpEndpoint, Services};
 use sluice_filters::metrics::Metrics;
 use sluice_filters::ratelimit::LocalRateLimiter;
-use sluice_filters::state::{MemoryStore, SpendStore, SqliteStore};
+use sluice_filters::ratelimit::RateLimiter;
+use sluice_filters::session::Sessions;
+use sluice_filters::state::{
+    EndedSessions, MemoryStore, RedisRateLimiter, RedisShared, RedisSpend, SpendStore, SqliteStore,
+};
 use sluice_filters::upstream::Upstreams;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -37,6 +41,10 @@ pub enum StartError {
     Audit(#[from] sluice_filters::audit::AuditError),
     #[error("{0}")]
     State(#[from] sluice_filters::state::StateError),
+    #[error("state.redis: {0}")]
+    Redis(#[from] sluice_filters::state::RedisError),
+    #[error("cannot start the Redis runtime: {0}")]
+    Runtime(String),
     #[error("TLS listener {address}: {source}")]
     Tls {
         address: String,
@@ -71,25 +79,14 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
     let audit = Arc::new(AuditLog::open(&config.audit)?);
     let metrics = Arc::new(Metrics::new());
     let links = Arc::new(ToolUseBook::new(config.llm.link_window));
-    let rate_limiter: Arc<dyn sluice_filters::ratelimit::RateLimiter> =
-        Arc::new(LocalRateLimiter::new());
-    // Spend is kept on disk only where model traffic is configured.
-    let sqlite = if config.providers.is_empty() {
-        None
-    } else {
-        Some(Arc::new(SqliteStore::open(&config.state.path)?))
-    };
-    let spend: Arc<dyn SpendStore> = match &sqlite {
-        Some(store) => store.clone(),
-        None => Arc::new(MemoryStore::new()),
-    };
+    let counted = CountedState::open(&config)?;
     let llm = Arc::new(LlmEndpoint::new(
         &config,
         LlmServices {
             audit: audit.clone(),
             metrics: metrics.clone(),
-            rate_limiter: rate_limiter.clone(),
-            spend,
+            rate_limiter: counted.rate_limiter.clone(),
+            spend: counted.spend.clone(),
             links: links.clone(),
         },
     ));
@@ -97,7 +94,7 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
         upstreams: upstreams.clone(),
         audit: audit.clone(),
         metrics: metrics.clone(),
-        rate_limiter,
+        rate_limiter: counted.rate_limiter.clone(),
         links,
         code_mode: Arc::new(CodeMode::new(Pool::new(
             worker_command(),
@@ -111,6 +108,8 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
         &session_secret(),
         config.mcp.session_ttl,
     ));
+
+    let _ended_sessions = counted.share_ended_sessions(mcp.sessions());
 
     let proxy = pingora::proxy::http_proxy(
         &server.configuration,
@@ -159,7 +158,12 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
     server.add_service(gateway);
 
     if let Some(admin) = &config.admin {
-        let app = Admin::new(upstreams.clone(), metrics, admin.token.as_ref());
+        let app = Admin::new(
+            upstreams.clone(),
+            metrics,
+            counted.redis.clone(),
+            admin.token.as_ref(),
+        );
         let mut service = Service::new("sluice admin".to_string(), HttpServer::new_app(app));
         service.add_tcp(&admin.address.to_string());
         tracing::info!(
@@ -184,11 +188,94 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
     server.run(RunArgs::default());
     // Every runtime has stopped: nothing records any more, so the audit log can be drained.
     audit.close();
-    if let Some(store) = sqlite {
-        store.close();
-    }
+    counted.close();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where counted state lives: rate limits and spend in this process (spend persisted to
+/// SQLite), or shared with the other instances through Redis, which also shares ended sessions.
+struct CountedState {
+    rate_limiter: Arc<dyn RateLimiter>,
+    spend: Arc<dyn SpendStore>,
+    sqlite: Option<Arc<SqliteStore>>,
+    redis: Option<Arc<RedisShared>>,
+    /// Redis's own runtime: its I/O never runs on the request threads.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl CountedState {
+    fn open(config: &sluice_conf::Config) -> Result<Self, StartError> {
+        if let Some(redis) = &config.state.redis {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("sluice-redis")
+                .enable_all()
+                .build()
+                .map_err(|e| StartError::Runtime(e.to_string()))?;
+            let shared = {
+                let _entered = runtime.enter();
+                RedisShared::start(redis)?
+            };
+            tracing::info!(
+                "counted state (rate limits, spend, ended sessions) shared through Redis at {}",
+                sluice_conf::redact_url(redis.url.expose())
+            );
+            return Ok(CountedState {
+                rate_limiter: Arc::new(RedisRateLimiter::new(shared.clone())),
+                spend: Arc::new(RedisSpend::new(shared.clone())),
+                sqlite: None,
+                redis: Some(shared),
+                runtime: Some(runtime),
+            });
+        }
+        // Spend is kept on disk only where model traffic is configured.
+        let sqlite = if config.providers.is_empty() {
+            None
+        } else {
+            Some(Arc::new(SqliteStore::open(&config.state.path)?))
+        };
+        let spend: Arc<dyn SpendStore> = match &sqlite {
+            Some(store) => store.clone(),
+            None => Arc::new(MemoryStore::new()),
+        };
+        Ok(CountedState {
+            rate_limiter: Arc::new(LocalRateLimiter::new()),
+            spend,
+            sqlite,
+            redis: None,
+            runtime: None,
+        })
+    }
+
+    /// With Redis: a DELETE here ends the session on every instance, and theirs here.
+    fn share_ended_sessions(&self, sessions: &Arc<Sessions>) -> Option<Arc<EndedSessions>> {
+        let (redis, runtime) = (self.redis.as_ref()?, self.runtime.as_ref()?);
+        let local = sessions.clone();
+        let ended = {
+            let _entered = runtime.enter();
+            Arc::new(EndedSessions::new(
+                redis.clone(),
+                Arc::new(move |nonce, expires_at| local.ended_elsewhere(nonce, expires_at)),
+            ))
+        };
+        let shared = ended.clone();
+        sessions.on_end(Arc::new(move |nonce, expires_at| {
+            shared.end(nonce, expires_at)
+        }));
+        Some(ended)
+    }
+
+    /// Write what is pending (spend to SQLite) once nothing counts any more.
+    fn close(self) {
+        if let Some(store) = self.sqlite {
+            store.close();
+        }
+        if let Some(runtime) = self.runtime {
+            // Give the last deltas a moment to reach Redis.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+        }
+    }
 }
 
 /// Runs the upstream supervisors and applies SIGHUP reloads, on the background runtime.

@@ -7,16 +7,20 @@
 //!
 //! - [`period`]: the windows and their UTC calendar arithmetic.
 //! - [`MemoryStore`]: in memory only. [`SqliteStore`]: in memory, persisted to SQLite.
+//! - [`redis`]: shared with other instances through Redis ([`RedisSpend`], and the rate limits
+//!   and ended sessions that are shared the same way).
 
 mod counts;
 mod memory;
 pub mod period;
+pub mod redis;
 mod sqlite;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+pub use self::redis::{EndedSessions, RedisError, RedisRateLimiter, RedisShared, RedisSpend};
 pub use memory::MemoryStore;
 pub use period::Period;
 pub use sqlite::SqliteStore;

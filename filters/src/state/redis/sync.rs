@@ -1,0 +1,93 @@
+//! The background loop that exchanges counters with Redis: every sync interval, one
+//! transaction that adds what this instance counted and reads the totals back.
+
+use std::sync::{Arc, Weak};
+
+use ::redis::{Pipeline, Value};
+
+use super::shared::{RedisShared, resend_safe};
+
+/// Counters kept in memory and shared through Redis.
+pub(super) trait Counter: Send + Sync + 'static {
+    /// What is pending at one exchange, to settle when its reply comes.
+    type Batch: Send;
+    /// What the counter does, for messages ("add spend").
+    const WHAT: &'static str;
+
+    /// Takes what is pending and the totals to read, with the commands that do it (each
+    /// command whose reply matters not ignored); `None` when there is nothing to exchange.
+    fn take(&self) -> Option<(Self::Batch, Pipeline)>;
+    /// Settles an exchange: Redis replied (`Done`, the replies of the commands not ignored),
+    /// or the batch must be sent again, or it is lost.
+    fn settle(&self, batch: Self::Batch, outcome: Outcome);
+    /// While Redis is unreachable: drops pending counts that can no longer matter, so memory
+    /// stays bounded however long the outage.
+    fn prune(&self);
+}
+
+pub(super) enum Outcome {
+    Done(Vec<Value>),
+    Resend,
+    Lost,
+}
+
+/// Runs `counter`'s exchanges every sync interval until it is dropped.
+pub(super) fn spawn<C: Counter>(shared: Arc<RedisShared>, counter: Weak<C>) {
+    let runtime = shared.runtime().clone();
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(shared.sync_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(counter) = counter.upgrade() else {
+                return;
+            };
+            if !shared.is_up() {
+                counter.prune();
+                continue;
+            }
+            let Some((batch, pipe)) = counter.take() else {
+                continue;
+            };
+            let mut connection = shared.connection();
+            match pipe.query_async::<Vec<Value>>(&mut connection).await {
+                Ok(replies) => {
+                    counter.settle(batch, Outcome::Done(replies));
+                    shared.succeeded();
+                }
+                Err(e) => {
+                    if resend_safe(&e) {
+                        counter.settle(batch, Outcome::Resend);
+                    } else {
+                        // Redis may have run part of it: sending again could count twice.
+                        tracing::error!(
+                            "Redis failed to {}: {e}; the counts of this exchange are dropped",
+                            C::WHAT
+                        );
+                        counter.settle(batch, Outcome::Lost);
+                    }
+                    shared.failed(C::WHAT, &e);
+                }
+            }
+        }
+    });
+}
+
+/// A counter value from a reply; missing or unreadable counts as zero (Redis counters are
+/// signed, a negative one can only come from someone editing it).
+pub(super) fn count(value: &Value) -> u64 {
+    match value {
+        Value::Int(n) => u64::try_from(*n).unwrap_or(0),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(0),
+        Value::SimpleString(text) => text.parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// A count as Redis takes it (signed), saturating.
+pub(super) fn to_redis(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
