@@ -27,6 +27,9 @@ use sluice_filters::llm::{self, Attempt, AttemptEnd, LlmEndpoint, Plan, Planned}
 use crate::gateway::{NoBody, read_body};
 use crate::respond;
 
+/// How long the last pieces of a failed attempt are waited for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long an idle connection to a provider is kept for the next request.
 const PROVIDER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -255,10 +258,18 @@ async fn run_attempt(
         InputBodyType::Preset(InputBody::Bytes(vec![client_body])),
     )
     .await;
-    let (state, error) = match result {
+    let (mut state, error) = match result {
         Ok(state) => (state, None),
         Err(e) => (e.state, Some(e.error)),
     };
+    if error.is_some() && passed {
+        // The subrequest failed after its answer had started: its last pieces (the error event
+        // that ends the client's stream) may still be queued; the pipe stops at the failure
+        // without writing them.
+        if let Some(rx) = state.pipe_rx.take() {
+            drain(session, rx).await;
+        }
+    }
     // The subrequest records what its response carried when it ends: wait for it.
     if let Some(join) = state.join_handle {
         let _ = join.await;
@@ -272,6 +283,23 @@ async fn run_attempt(
             error.map_or_else(|| "the provider did not answer".into(), |e| e.to_string()),
         )
     }
+}
+
+/// Write what a failed subrequest still had queued for the client, up to its failure.
+async fn drain(session: &mut Session, mut rx: tokio::sync::mpsc::Receiver<HttpTask>) {
+    let write = async {
+        while let Some(task) = rx.recv().await {
+            if matches!(task, HttpTask::Failed(_)) {
+                return;
+            }
+            match session.write_response_tasks(vec![task]).await {
+                Ok(true) | Err(_) => return,
+                Ok(false) => {}
+            }
+        }
+    };
+    // The subrequest ends right after its failure; never wait long for it.
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, write).await;
 }
 
 /// The provider's address, resolved now (names are looked up off the request threads).

@@ -321,21 +321,6 @@ impl LlmEndpoint {
             )
             .with_header(RETRY_AFTER, HeaderValue::from(seconds)));
         }
-        if api != Api::Models
-            && let Some(over) = budget::over(&key, self.services.spend.as_ref())
-        {
-            self.services
-                .metrics
-                .rate_limited
-                .with_label_values(&[&key.name])
-                .inc();
-            return Err(
-                refusal(format, StatusCode::TOO_MANY_REQUESTS, &over.message).with_header(
-                    RETRY_AFTER,
-                    HeaderValue::from(over.retry_after.as_secs().max(1)),
-                ),
-            );
-        }
         Ok(Admission {
             api,
             key,
@@ -371,6 +356,24 @@ impl LlmEndpoint {
                     head.model, key.name
                 ),
             ));
+        }
+        // Budgets are checked once the model is known, so that the refusal is audited with it.
+        if let Some(over) = budget::over(key, self.services.spend.as_ref()) {
+            self.services
+                .metrics
+                .rate_limited
+                .with_label_values(&[&key.name])
+                .inc();
+            let retry_after = over.retry_after.as_secs().max(1);
+            return Planned::Answer(
+                self.denied(
+                    &admission,
+                    &head.model,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    over.message,
+                )
+                .with_header(RETRY_AFTER, HeaderValue::from(retry_after)),
+            );
         }
         let policy = &admission.policy;
         let Some(route) = routes::find(&policy.routes, &head.model, &key.name, headers) else {
@@ -409,7 +412,9 @@ impl LlmEndpoint {
                 .first()
                 .is_some_and(|(p, _)| policy.providers[*p].counts_tokens())
         {
-            return Planned::Answer(count_tokens_locally(&body));
+            let (tokens, response) = count_tokens_locally(&body);
+            self.record_local(&admission, &head.model, tokens);
+            return Planned::Answer(response);
         }
         Planned::Proxy(Box::new(Plan {
             record_id: format!(
@@ -429,15 +434,22 @@ impl LlmEndpoint {
         }))
     }
 
-    /// A refusal of a request whose model was read, in the audit log.
-    fn denied(
+    /// A request answered here (a local token count), in the audit log.
+    fn record_local(&self, admission: &Admission, model: &str, input_tokens: u64) {
+        let mut record = self.record(admission, model, "ok", StatusCode::OK.as_u16());
+        record.input_tokens = input_tokens;
+        self.services.audit.record(record);
+    }
+
+    /// An audit record of a request no provider served.
+    fn record(
         &self,
         admission: &Admission,
         model: &str,
-        status: StatusCode,
-        message: String,
-    ) -> Response {
-        self.services.audit.record(LlmRecord {
+        status: &'static str,
+        http_status: u16,
+    ) -> LlmRecord {
+        LlmRecord {
             time: now_rfc3339(),
             request_id: format!(
                 "llm-{}-{}",
@@ -450,9 +462,9 @@ impl LlmEndpoint {
             provider: None,
             provider_model: None,
             stream: false,
-            status: "denied",
-            http_status: status.as_u16(),
-            error: Some(message.clone()),
+            status,
+            http_status,
+            error: None,
             attempts: Vec::new(),
             input_tokens: 0,
             output_tokens: 0,
@@ -462,7 +474,20 @@ impl LlmEndpoint {
             tool_uses: Vec::new(),
             upstream_ms: None,
             total_ms: admission.started.elapsed().as_secs_f64() * 1000.0,
-        });
+        }
+    }
+
+    /// A refusal of a request whose model was read, in the audit log.
+    fn denied(
+        &self,
+        admission: &Admission,
+        model: &str,
+        status: StatusCode,
+        message: String,
+    ) -> Response {
+        let mut record = self.record(admission, model, "denied", status.as_u16());
+        record.error = Some(message.clone());
+        self.services.audit.record(record);
         self.services
             .metrics
             .llm_requests
@@ -768,7 +793,7 @@ fn models(admission: &Admission, headers: &HeaderMap) -> Response {
 
 /// A token count for providers that have no counting endpoint: about four bytes of text a
 /// token, over the messages, the system prompt and the tools.
-fn count_tokens_locally(body: &[u8]) -> Response {
+fn count_tokens_locally(body: &[u8]) -> (u64, Response) {
     let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let mut bytes = 0usize;
     for field in ["system", "messages", "tools"] {
@@ -776,8 +801,11 @@ fn count_tokens_locally(body: &[u8]) -> Response {
             bytes += text_bytes(v);
         }
     }
-    let tokens = bytes.div_ceil(4).max(1);
-    Response::json(StatusCode::OK, format!("{{\"input_tokens\":{tokens}}}"))
+    let tokens = bytes.div_ceil(4).max(1) as u64;
+    (
+        tokens,
+        Response::json(StatusCode::OK, format!("{{\"input_tokens\":{tokens}}}")),
+    )
 }
 
 fn text_bytes(value: &Value) -> usize {
