@@ -67,7 +67,9 @@ impl KeyEntry {
 /// Why a request has no usable key. The messages never contain key material.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
-    #[error("no virtual key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`, `x-sluice-key: <key>`)")]
+    #[error(
+        "no virtual key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`, `x-sluice-key: <key>`)"
+    )]
     Missing,
     #[error("the virtual key is not valid; check it with the gateway's operator")]
     Unknown,

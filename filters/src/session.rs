@@ -190,8 +190,12 @@ pub struct Sessions {
     on_end: std::sync::OnceLock<EndHook>,
 }
 
-/// What is told of a session ended on this instance: its nonce and expiry.
-pub type EndHook = Arc<dyn Fn([u8; NONCE_LEN], u64) + Send + Sync>;
+/// What is told of a session ended on this instance: its nonce and expiry. It may answer with
+/// an acknowledgement to wait for (the end reached the other instances).
+pub type EndHook = Arc<dyn Fn([u8; NONCE_LEN], u64) -> Option<EndAck> + Send + Sync>;
+
+/// Told once a session's end has been shared.
+pub type EndAck = tokio::sync::oneshot::Receiver<()>;
 
 impl Sessions {
     /// `secret` seals the tokens; instances that share sessions share the secret.
@@ -321,12 +325,19 @@ impl Sessions {
 
     /// End a session (client `DELETE`). The token must be valid.
     pub fn delete(&self, token: &str) -> Result<Session, SessionError> {
+        self.end_shared(token).map(|(session, _)| session)
+    }
+
+    /// End a session here and tell the other instances; the acknowledgement, if any, says
+    /// when they know.
+    pub fn end_shared(&self, token: &str) -> Result<(Session, Option<EndAck>), SessionError> {
         let session = self.open(token)?;
         self.with_book(|book| book.end(session.nonce, session.expires_at, now()));
-        if let Some(hook) = self.on_end.get() {
-            hook(session.nonce, session.expires_at);
-        }
-        Ok(session)
+        let ack = self
+            .on_end
+            .get()
+            .and_then(|hook| hook(session.nonce, session.expires_at));
+        Ok((session, ack))
     }
 
     /// Seal `body` for `purpose` (a byte that keeps one kind of token from passing for
@@ -485,7 +496,8 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let hook_seen = seen.clone();
         a.on_end(Arc::new(move |nonce, expires| {
-            hook_seen.lock().unwrap().push((nonce, expires))
+            hook_seen.lock().unwrap().push((nonce, expires));
+            None
         }));
         let token = a
             .issue("2025-11-25", "k", ClientCapabilities::default())

@@ -284,7 +284,7 @@ impl McpEndpoint {
             .with_header(::http::header::ALLOW, HeaderValue::from_static("POST")));
         }
         if method == Method::DELETE {
-            return Ok(self.delete_session(request.headers, &caller));
+            return Ok(self.delete_session(request.headers, &caller).await);
         }
         if method == Method::GET {
             transport::check_get_headers(request.headers)?;
@@ -503,7 +503,7 @@ impl McpEndpoint {
         Ok(session)
     }
 
-    fn delete_session(&self, headers: &HeaderMap, caller: &KeyEntry) -> Response {
+    async fn delete_session(&self, headers: &HeaderMap, caller: &KeyEntry) -> Response {
         let Some(header) = headers.get(transport::SESSION_HEADER) else {
             return Response::refuse(
                 StatusCode::BAD_REQUEST,
@@ -516,11 +516,16 @@ impl McpEndpoint {
         let owned = self
             .open_session(header, caller)
             .and_then(|_| header.to_str().map_err(|_| SessionError::Malformed));
-        match owned.and_then(|token| self.sessions.delete(token)) {
-            Ok(session) => {
+        match owned.and_then(|token| self.sessions.end_shared(token)) {
+            Ok((session, shared)) => {
                 self.live.end_session(session.nonce);
                 self.services.upstreams.end_client_session(session.nonce);
                 self.count_sessions();
+                // With instances sharing sessions, answer once they know the session ended
+                // (a Redis round trip); never wait long: the end reaches them regardless.
+                if let Some(shared) = shared {
+                    let _ = tokio::time::timeout(SHARED_END_WAIT, shared).await;
+                }
                 Response::empty(StatusCode::OK)
             }
             Err(e) => Response::refuse(
@@ -532,6 +537,9 @@ impl McpEndpoint {
         }
     }
 }
+
+/// Longest wait for the other instances to learn of a `DELETE`.
+const SHARED_END_WAIT: Duration = Duration::from_millis(250);
 
 /// The caller's narrowing of its tools for this request (the `x-sluice-tools` header), bounded.
 fn narrowing(headers: &HeaderMap) -> Result<Option<Narrowing>, Response> {

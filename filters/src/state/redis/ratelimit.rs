@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::redis::Pipeline;
+use tokio::sync::Notify;
 
 use super::shared::{RedisShared, lock};
 use super::sync::{self, Counter, Outcome, count, to_redis};
@@ -30,6 +31,8 @@ struct Limits {
     shared: Arc<RedisShared>,
     clock: Clock,
     windows: Mutex<Windows>,
+    /// Wakes the exchange when something is counted.
+    counted: Notify,
 }
 
 /// The current window of each key checked in it: one entry per key in use, no more.
@@ -64,6 +67,7 @@ impl RedisRateLimiter {
             shared: shared.clone(),
             clock,
             windows: Mutex::new(Windows::default()),
+            counted: Notify::new(),
         });
         sync::spawn(shared, Arc::downgrade(&inner));
         RedisRateLimiter { inner }
@@ -102,6 +106,8 @@ impl RateLimiter for RedisRateLimiter {
         }
         window.count += 1;
         window.pending += 1;
+        drop(windows);
+        self.inner.counted.notify_one();
         Ok(())
     }
 }
@@ -126,6 +132,10 @@ fn until_end_of(index: i64, now: SystemTime) -> Duration {
 }
 
 impl Counter for Limits {
+    fn counted(&self) -> &Notify {
+        &self.counted
+    }
+
     type Batch = Batch;
     const WHAT: &'static str = "count requests";
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::shared::{RedisShared, lock};
@@ -54,7 +54,12 @@ struct Ending {
 struct Pending {
     by_nonce: HashMap<Nonce, u64>,
     full: bool,
+    /// Told when the next batch is recorded and published.
+    waiters: Vec<oneshot::Sender<()>>,
 }
+
+/// At most this many callers wait for one batch; more get no acknowledgement.
+const MAX_WAITERS: usize = 4096;
 
 impl EndedSessions {
     /// Subscribes in the background and calls `on_ended` for every ended session heard of,
@@ -82,12 +87,24 @@ impl EndedSessions {
     /// Records that a session ended; sent to Redis at once in the background (kept and sent
     /// when Redis is back if it is unreachable). Never waits. A session already expired is
     /// refused everywhere anyway, so it is not sent.
-    pub fn end(&self, nonce: Nonce, expires_at: u64) {
+    ///
+    /// While Redis is up, the answer is told when the end has been recorded and published, so
+    /// that a caller may wait for it (a `DELETE` answered after that is seen by every
+    /// instance); `None` when there is nothing to wait for.
+    pub fn end(&self, nonce: Nonce, expires_at: u64) -> Option<oneshot::Receiver<()>> {
         if expires_at < unix_now() {
-            return;
+            return None;
         }
-        lock(&self.inner.pending).insert(nonce, expires_at);
+        let mut pending = lock(&self.inner.pending);
+        pending.insert(nonce, expires_at);
+        let ack = (self.inner.shared.is_up() && pending.waiters.len() < MAX_WAITERS).then(|| {
+            let (tell, told) = oneshot::channel();
+            pending.waiters.push(tell);
+            told
+        });
+        drop(pending);
         self.inner.wake.notify_one();
+        ack
     }
 
     /// Why ended sessions are not shared right now, if they are not.
@@ -132,11 +149,15 @@ async fn send(ending: Arc<Ending>, stop: CancellationToken) {
         if !ending.shared.is_up() {
             continue;
         }
-        let batch: Vec<(Nonce, u64)> = lock(&ending.pending)
-            .by_nonce
-            .iter()
-            .map(|(nonce, expires)| (*nonce, *expires))
-            .collect();
+        let (batch, waiters): (Vec<(Nonce, u64)>, Vec<oneshot::Sender<()>>) = {
+            let mut pending = lock(&ending.pending);
+            let batch = pending
+                .by_nonce
+                .iter()
+                .map(|(nonce, expires)| (*nonce, *expires))
+                .collect();
+            (batch, std::mem::take(&mut pending.waiters))
+        };
         if batch.is_empty() {
             continue;
         }
@@ -164,6 +185,9 @@ async fn send(ending: Arc<Ending>, stop: CancellationToken) {
                 }
                 pending.full = false;
                 drop(pending);
+                for waiter in waiters {
+                    let _ = waiter.send(());
+                }
                 ending.shared.succeeded();
             }
             // Kept: adding and publishing again does no harm.

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use ::redis::{Pipeline, Value};
+use tokio::sync::Notify;
 
 use super::shared::{RedisShared, lock};
 use super::sync::{self, Counter, Outcome, count, to_redis};
@@ -40,6 +41,8 @@ struct Spending {
     /// The last totals from Redis plus this instance's deltas not yet acknowledged.
     counts: Counts,
     book: Mutex<Book>,
+    /// Wakes the exchange when something is counted.
+    counted: Notify,
 }
 
 #[derive(Default)]
@@ -76,6 +79,7 @@ impl RedisSpend {
             clock,
             counts: Counts::default(),
             book: Mutex::new(Book::default()),
+            counted: Notify::new(),
         });
         sync::spawn(shared, Arc::downgrade(&inner));
         RedisSpend { inner }
@@ -105,6 +109,8 @@ impl SpendStore for RedisSpend {
                 spend,
             );
         }
+        drop(book);
+        self.inner.counted.notify_one();
     }
 
     fn trouble(&self) -> Option<String> {
@@ -146,6 +152,10 @@ impl Book {
 }
 
 impl Counter for Spending {
+    fn counted(&self) -> &Notify {
+        &self.counted
+    }
+
     type Batch = Batch;
     const WHAT: &'static str = "add spend";
 

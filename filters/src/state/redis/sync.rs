@@ -1,9 +1,11 @@
-//! The background loop that exchanges counters with Redis: every sync interval, one
-//! transaction that adds what this instance counted and reads the totals back.
+//! The background loop that exchanges counters with Redis: one transaction that adds what this
+//! instance counted and reads the totals back, as soon as something was counted (one exchange
+//! in flight at a time, so a busy instance batches) and at least every sync interval.
 
 use std::sync::{Arc, Weak};
 
 use ::redis::{Pipeline, Value};
+use tokio::sync::Notify;
 
 use super::shared::{RedisShared, resend_safe};
 
@@ -23,6 +25,9 @@ pub(super) trait Counter: Send + Sync + 'static {
     /// While Redis is unreachable: drops pending counts that can no longer matter, so memory
     /// stays bounded however long the outage.
     fn prune(&self);
+    /// Notified when something is counted: it is sent at once rather than at the next tick
+    /// (counts made while an exchange is in flight go together in the next one).
+    fn counted(&self) -> &Notify;
 }
 
 pub(super) enum Outcome {
@@ -38,10 +43,13 @@ pub(super) fn spawn<C: Counter>(shared: Arc<RedisShared>, counter: Weak<C>) {
         let mut tick = tokio::time::interval(shared.sync_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
             let Some(counter) = counter.upgrade() else {
                 return;
             };
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = counter.counted().notified() => {}
+            }
             if !shared.is_up() {
                 counter.prune();
                 continue;
