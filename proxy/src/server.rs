@@ -20,7 +20,6 @@ use sluice_filters::mcp::{McpEndpoint, Services};
 use sluice_filters::metrics::Metrics;
 use sluice_filters::ratelimit::LocalRateLimiter;
 use sluice_filters::ratelimit::RateLimiter;
-use sluice_filters::session::Sessions;
 use sluice_filters::state::{
     EndedSessions, MemoryStore, RedisRateLimiter, RedisShared, RedisSpend, SpendStore, SqliteStore,
 };
@@ -109,7 +108,7 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
         config.mcp.session_ttl,
     ));
 
-    let _ended_sessions = counted.share_ended_sessions(mcp.sessions());
+    let _ended_sessions = counted.share_ended_sessions(&mcp);
 
     let proxy = pingora::proxy::http_proxy(
         &server.configuration,
@@ -249,18 +248,18 @@ impl CountedState {
     }
 
     /// With Redis: a DELETE here ends the session on every instance, and theirs here.
-    fn share_ended_sessions(&self, sessions: &Arc<Sessions>) -> Option<Arc<EndedSessions>> {
+    fn share_ended_sessions(&self, mcp: &Arc<McpEndpoint>) -> Option<Arc<EndedSessions>> {
         let (redis, runtime) = (self.redis.as_ref()?, self.runtime.as_ref()?);
-        let local = sessions.clone();
+        let local = mcp.clone();
         let ended = {
             let _entered = runtime.enter();
             Arc::new(EndedSessions::new(
                 redis.clone(),
-                Arc::new(move |nonce, expires_at| local.ended_elsewhere(nonce, expires_at)),
+                Arc::new(move |nonce, expires_at| local.session_ended_elsewhere(nonce, expires_at)),
             ))
         };
         let shared = ended.clone();
-        sessions.on_end(Arc::new(move |nonce, expires_at| {
+        mcp.sessions().on_end(Arc::new(move |nonce, expires_at| {
             shared.end(nonce, expires_at)
         }));
         Some(ended)

@@ -127,6 +127,15 @@ pub struct McpEndpoint {
 }
 
 impl McpEndpoint {
+    /// A session another instance ended: end it here too, with what this instance holds for
+    /// it (its notification streams, its `per_client` upstream sessions).
+    pub fn session_ended_elsewhere(&self, nonce: [u8; crate::session::NONCE_LEN], expires_at: u64) {
+        self.sessions.ended_elsewhere(nonce, expires_at);
+        self.live.end_session(nonce);
+        self.services.upstreams.end_client_session(nonce);
+        self.count_sessions();
+    }
+
     /// The sessions this endpoint issues and checks.
     pub fn sessions(&self) -> &Arc<Sessions> {
         &self.sessions
