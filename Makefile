@@ -76,6 +76,7 @@ e2e:
 perf-check:
 	cargo build --release -p sluice -p sluice-perf
 	$(VENV)/bin/python perf/bench.py --quick
+	$(VENV)/bin/python perf/llm.py --quick
 
 # Fuzzing (cargo-fuzz, libFuzzer on stable Rust): each target of fuzz/ for FUZZ_SECONDS, from
 # its committed corpus and regressions (new inputs go to a scratch corpus under the target
@@ -110,6 +111,7 @@ fuzz/Cargo.lock: Cargo.lock
 
 bench: deps
 	$(VENV)/bin/python perf/bench.py
+	$(VENV)/bin/python perf/llm.py --record
 	$(VENV)/bin/python perf/soak.py
 	$(VENV)/bin/python perf/upgrade.py
 	$(VENV)/bin/python perf/token_economy.py --record

@@ -3,7 +3,8 @@
 //! It is built from the same `pingora` crate, version and features as Sluice and runs with the
 //! same thread count, so "Sluice − floor" is what Sluice's own work costs and "floor − direct" is
 //! what any Pingora hop costs on this machine. Upstream connections are pooled (Pingora's default
-//! keep-alive pool), like Sluice's.
+//! keep-alive pool), like Sluice's. Every path is forwarded, `/mcp` and the fake provider's
+//! `/v1/messages` alike, and a streamed answer is passed on piece by piece as it arrives.
 
 use std::net::SocketAddr;
 
