@@ -472,6 +472,21 @@ keys:
 """
 
 
+def start_redis(work: Path) -> tuple["Service", str]:
+    """A redis-server on a free port for `--redis` runs, and the YAML lines that make Sluice
+    share its counted state through it (the bench key gets a request limit it never reaches,
+    so every request is counted in Redis)."""
+    port = free_port()
+    redis = Service("redis", ["redis-server", "--port", str(port), "--save", "",
+                              "--appendonly", "no"], work)
+    wait_until("redis-server", lambda: socket.create_connection(("127.0.0.1", port), 1).close()
+               or True, redis)
+    return redis, f"state: {{ redis: {{ url: \"redis://127.0.0.1:{port}\" }} }}\n"
+
+
+REDIS_KEY_LINES = "    rate_limit: { requests_per_minute: 1000000000 }\n"
+
+
 def find_nginx(explicit: Path | None) -> str | None:
     """nginx from --nginx-bin, PATH, or where Debian puts it (/usr/sbin, not on a user's PATH)."""
     candidates = [explicit] if explicit else [shutil.which("nginx"), "/usr/sbin/nginx",
@@ -554,7 +569,12 @@ def start_services(args, bin_dir: Path, work: Path) -> tuple[dict, dict, str]:
     if "sluice" in args.paths:
         port, admin = free_port(), free_port()
         config = work / "sluice.yaml"
-        config.write_text(sluice_config(port, admin, up_port, work / "audit.jsonl"))
+        top = keys = ""
+        if args.redis:
+            services["redis"], top = start_redis(work)
+            keys = REDIS_KEY_LINES
+        config.write_text(sluice_config(port, admin, up_port, work / "audit.jsonl", top=top,
+                                        keys=keys))
         args.sluice_config = config  # recorded in RESULTS.md
         argv = [str(args.sluice_bin)] + [a.replace("{config}", str(config))
                                          for a in shlex.split(args.sluice_args)]
@@ -675,6 +695,9 @@ def parse_args() -> argparse.Namespace:
                    help="default: nginx on PATH, else /usr/sbin/nginx (Debian's nginx package)")
     p.add_argument("--sluice-args", default="--config {config}",
                    help="Sluice's arguments; {config} is the generated configuration file")
+    p.add_argument("--redis", action="store_true",
+                   help="Sluice shares its counted state through a redis-server the harness starts "
+                        "(every request counted against a request limit)")
     p.add_argument("--no-record", action="store_true", help="do not append to perf/RESULTS.md")
     args = p.parse_args()
     args.paths = [x for x in args.paths.split(",") if x]

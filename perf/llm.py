@@ -41,6 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import (  # noqa: E402  (bench.py sits next to this file)
+    REDIS_KEY_LINES,
     RESULTS,
     BenchError,
     Service,
@@ -52,6 +53,7 @@ from bench import (  # noqa: E402  (bench.py sits next to this file)
     machine,
     machine_busy_seconds,
     sluice_config,
+    start_redis,
     upstream_stats,
     wait_until,
 )
@@ -215,8 +217,13 @@ def start_services(args, bin_dir: Path, work: Path) -> tuple[dict, dict, str]:
                f"routes:\n"
                f"  - {{ models: [\"claude-*\"], targets: [ {{ provider: fake }} ] }}\n"
                f"state: {{ path: {work / 'state.db'} }}\n")
+        keys = "    models: [\"*\"]\n"
+        if args.redis:
+            services["redis"], state = start_redis(work)
+            top = top.replace(f"state: {{ path: {work / 'state.db'} }}\n", state)
+            keys += REDIS_KEY_LINES
         config.write_text(sluice_config(port, admin, up_port, work / "audit.jsonl", top=top,
-                                        keys="    models: [\"*\"]\n"))
+                                        keys=keys))
         args.sluice_config = config  # recorded in RESULTS.md
         env = dict(os.environ, SLUICE_BENCH_KEY=CLIENT_KEY,
                    SLUICE_SESSION_SECRET=secrets.token_hex(32))
@@ -326,6 +333,8 @@ def parse_args() -> argparse.Namespace:
                    default=Path(os.environ.get("CARGO_TARGET_DIR", "/work/target")),
                    help="cargo target directory (default: $CARGO_TARGET_DIR or /work/target)")
     p.add_argument("--sluice-bin", type=Path, help="default: TARGET_DIR/release/sluice")
+    p.add_argument("--redis", action="store_true",
+                   help="Sluice shares spend and limits through a redis-server the harness starts")
     p.add_argument("--record", action="store_true", help="append the results to perf/RESULTS.md")
     args = p.parse_args()
     args.paths = [x for x in args.paths.split(",") if x]
