@@ -32,6 +32,9 @@ enum Mode {
     },
     /// Held whole, then passed (maybe translated) at the end.
     Whole { held: Vec<u8>, success: bool },
+    /// A successful whole body in the client's format: passed as it comes, a copy kept to
+    /// read its usage at the end.
+    Pass { seen: Vec<u8> },
 }
 
 /// One response's shaping.
@@ -97,6 +100,13 @@ impl Shaper {
                     },
                 )
             }
+            _ if success && same => (
+                Mode::Pass { seen: Vec::new() },
+                Head {
+                    drop_length: false,
+                    content_type: None,
+                },
+            ),
             _ => {
                 // Errors always may change (Bedrock's, or another format's, become the
                 // client's); successful whole bodies only when translated.
@@ -154,6 +164,14 @@ impl Shaper {
                     t.finish(&mut out);
                 }
                 observer.push(&out);
+            }
+            Mode::Pass { seen } => {
+                if seen.len() + chunk.len() > MAX_HELD_BYTES {
+                    self.overflow = true;
+                } else {
+                    seen.extend_from_slice(chunk);
+                }
+                out.extend_from_slice(chunk);
             }
             Mode::Whole { held, success } => {
                 if held.len() + chunk.len() > MAX_HELD_BYTES {
@@ -226,6 +244,9 @@ impl Shaper {
             }
             Some(Mode::Whole { success: true, .. }) => {
                 self.observed = observe::observe_body(self.client, out);
+            }
+            Some(Mode::Pass { seen }) if !self.overflow => {
+                self.observed = observe::observe_body(self.client, &seen);
             }
             _ => {}
         }
@@ -339,6 +360,19 @@ mod tests {
         let observed = shaper.observed();
         assert_eq!(observed.usage.output_tokens, 7);
         assert_eq!(observed.tool_uses[0].name, "mcp__s__echo");
+    }
+
+    #[test]
+    fn a_whole_body_of_the_clients_format_passes_as_it_comes_and_is_observed() {
+        let mut shaper = Shaper::new(Format::Anthropic, Wire::Json(Format::Anthropic), "m", false);
+        let body = br#"{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":2}}"#;
+        let head = shaper.head(200);
+        assert!(!head.drop_length);
+        let first = shaper.body(Some(&body[..10]), false).unwrap();
+        assert_eq!(&first[..], &body[..10], "passed at once, not held");
+        let rest = shaper.body(Some(&body[10..]), true).unwrap();
+        assert_eq!([&first[..], &rest[..]].concat(), body.to_vec());
+        assert_eq!(shaper.observed().usage.output_tokens, 2);
     }
 
     #[test]
