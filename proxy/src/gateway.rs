@@ -17,7 +17,7 @@ use sluice_filters::llm::api::Api;
 use sluice_filters::mcp::transport;
 use sluice_filters::mcp::{McpEndpoint, Request, Response};
 
-use crate::llm::AttemptCtx;
+use crate::llm::{AttemptCtx, FastPath, Served};
 use crate::respond;
 
 /// What a request is for.
@@ -44,8 +44,11 @@ pub struct RequestCtx {
     started: Instant,
     route: Route,
     upstream_time: Option<Duration>,
-    /// Set on the subrequests that make LLM attempts (see [`crate::llm`]).
+    /// Set on the subrequests that make LLM attempts, and on a main session that makes them
+    /// itself (see [`crate::llm`]).
     attempt: Option<AttemptCtx>,
+    /// An LLM request whose attempts run on this session.
+    fast: Option<Box<FastPath>>,
 }
 
 fn route(path: &str) -> Route {
@@ -171,6 +174,7 @@ impl ProxyHttp for Gateway {
             route: Route::NotFound,
             upstream_time: None,
             attempt: None,
+            fast: None,
         }
     }
 
@@ -210,8 +214,14 @@ impl ProxyHttp for Gateway {
         match ctx.route {
             Route::Mcp => self.serve_mcp(session, ctx).await?,
             Route::Llm(api) if self.llm.is_configured() => {
-                ctx.upstream_time =
-                    crate::llm::serve(&self.llm, session, api, self.limits.body_timeout).await?;
+                match crate::llm::serve(&self.llm, session, api, self.limits.body_timeout).await? {
+                    Served::Answered(upstream_time) => ctx.upstream_time = upstream_time,
+                    Served::Proxy(fast, attempt) => {
+                        ctx.fast = Some(fast);
+                        ctx.attempt = Some(attempt);
+                        return Ok(false);
+                    }
+                }
             }
             Route::Llm(_) | Route::NotFound => {
                 let path = session.req_header().uri.path().to_string();
@@ -228,11 +238,13 @@ impl ProxyHttp for Gateway {
         _error: Option<&pingora::Error>,
         ctx: &mut Self::CTX,
     ) {
-        if ctx.attempt.is_some() {
-            // An LLM attempt: the request it serves is counted.
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some(fast) = ctx.fast.take() {
+            ctx.upstream_time = Some(fast.finish(&self.llm, ctx.attempt.as_ref(), status));
+        } else if ctx.attempt.is_some() {
+            // An LLM attempt's subrequest: the request it serves is counted.
             return;
         }
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.mcp.metrics().observe_request(
             ctx.route.label(),
             status,
@@ -241,12 +253,25 @@ impl ProxyHttp for Gateway {
         );
     }
 
-    /// An LLM attempt's provider.
+    /// An LLM attempt's provider; after a failed attempt on the main session, the next one's.
     async fn upstream_peer(
         &self,
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
+        if let (Some(fast), Some(current)) = (ctx.fast.as_mut(), ctx.attempt.as_ref())
+            && fast.is_falling_back()
+        {
+            match fast.advance(&self.llm, current).await {
+                Some(next) => ctx.attempt = Some(next),
+                None => {
+                    return Error::e_explain(
+                        ErrorType::ConnectProxyFailure,
+                        "no provider of the route could be tried",
+                    );
+                }
+            }
+        }
         match &ctx.attempt {
             Some(attempt) => Ok(attempt.peer()),
             None => Error::e_explain(ErrorType::InternalError, "no route proxies this request"),
@@ -285,6 +310,22 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // On the main session, a failure another target may repair is retried by Pingora,
+        // before anything reaches the client.
+        let status = upstream_response.status.as_u16();
+        if let (Some(fast), Some(attempt)) = (ctx.fast.as_mut(), ctx.attempt.as_ref())
+            && attempt.may_fall_back()
+            && sluice_filters::llm::retryable(status)
+        {
+            attempt.failing_over(Some(status), None);
+            fast.fall_back();
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(status),
+                "the provider failed; the next target is tried",
+            );
+            e.set_retry(true);
+            return Err(e);
+        }
         match &mut ctx.attempt {
             Some(attempt) => attempt.response_head(upstream_response),
             None => Ok(()),
@@ -302,6 +343,54 @@ impl ProxyHttp for Gateway {
             attempt.response_body(body, end_of_stream);
         }
         Ok(None)
+    }
+
+    /// A connection that could not be made goes to the next target when there is one.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<pingora::Error>,
+    ) -> Box<pingora::Error> {
+        if let (Some(fast), Some(attempt)) = (ctx.fast.as_mut(), ctx.attempt.as_ref())
+            && attempt.may_fall_back()
+        {
+            attempt.failing_over(None, Some(&e));
+            fast.fall_back();
+            e.set_retry(true);
+        }
+        e
+    }
+
+    /// An attempt on the main session that failed before its answer started goes to the next
+    /// target when there is one; other requests keep Pingora's policy (no retry of a POST).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<pingora::Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<pingora::Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if let (Some(fast), Some(attempt)) = (ctx.fast.as_mut(), ctx.attempt.as_ref()) {
+            let retry = fast.is_falling_back()
+                || (attempt.may_fall_back() && session.response_written().is_none());
+            if retry && !fast.is_falling_back() {
+                attempt.failing_over(None, Some(&e));
+                fast.fall_back();
+            }
+            e.set_retry(retry);
+            return e;
+        }
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     /// An LLM attempt that failed answers in the client's format, naming the provider.

@@ -1,13 +1,18 @@
 //! The LLM routes on Pingora's proxy path.
 //!
 //! The request body names the model, so it is read before a provider can be chosen; and a
-//! fallback must send it again, whole, to another provider, while Pingora keeps only 64 KiB of
-//! a body for its own retries (a Claude Code request is larger). So the main session reads the
-//! body, and each attempt is a Pingora *subrequest* given that body (translated for its
-//! provider) as a preset: the subrequest runs this same `ProxyHttp` (`upstream_peer`, the
-//! request and response filters, Pingora's connection pool), and its response is piped to the
-//! client as it arrives. A failed attempt (connect error, timeout, 429, 529, 5xx) whose
-//! response has not started towards the client is swallowed, and the next target is tried.
+//! fallback must send it again, whole, to another provider.
+//!
+//! - A body that fits Pingora's retry buffer (64 KiB) is proxied on the request's own session
+//!   ([`FastPath`]): a failed attempt (connect error, timeout, 429, 529, 5xx) before anything
+//!   reached the client becomes a retry, `upstream_peer` picks the next target, and Pingora
+//!   replays the buffered body, which `request_body_filter` swaps for the target's own.
+//! - A larger body (a Claude Code request usually is) cannot be replayed by Pingora: the main
+//!   session keeps it, and each attempt is a Pingora *subrequest* given that body as a preset.
+//!   The subrequest runs this same `ProxyHttp` (`upstream_peer`, the request and response
+//!   filters, Pingora's connection pool), and its response is piped to the client as it
+//!   arrives; a failed attempt whose response has not started is swallowed, and the next
+//!   target is tried.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -57,22 +62,43 @@ impl AttemptCtx {
     }
 }
 
+/// What became of a request of an LLM route.
+pub enum Served {
+    /// Answered (by Sluice, or by subrequests); the time spent waiting for providers.
+    Answered(Option<Duration>),
+    /// To proxy on the main session itself: its first attempt.
+    Proxy(Box<FastPath>, AttemptCtx),
+}
+
+/// A request whose body fits Pingora's retry buffer: its attempts run on the main session,
+/// through the proxy phases, without a subrequest (a second task and a channel crossing per
+/// piece). Pingora's retry loop makes the fallbacks, replaying the buffered body.
+pub struct FastPath {
+    plan: Plan,
+    index: usize,
+    started: Instant,
+    /// The current attempt failed in a way the next target may repair.
+    falling_back: bool,
+}
+
 /// Serve one request of an LLM route on the main session.
 pub async fn serve(
     llm: &LlmEndpoint,
     session: &mut Session,
     api: Api,
     body_timeout: Duration,
-) -> Result<Option<Duration>> {
+) -> Result<Served> {
     let head = session.req_header();
     let admission = match llm.admit(api, &head.method, &head.headers) {
         Ok(admission) => admission,
         Err(refusal) => {
             session.set_keepalive(None);
             respond::write(session, refusal).await?;
-            return Ok(None);
+            return Ok(Served::Answered(None));
         }
     };
+    // Pingora keeps up to 64 KiB of the body for retries: enough for the fast path.
+    session.downstream_session.enable_retry_buffering();
     let body = match read_body(
         session,
         admission.max_body_bytes(),
@@ -92,25 +118,115 @@ pub async fn serve(
         Err(NoBody::Refused(refusal)) => {
             session.set_keepalive(None);
             respond::write(session, refusal).await?;
-            return Ok(None);
+            return Ok(Served::Answered(None));
         }
         Err(NoBody::ClientGone) => {
             session.set_keepalive(None);
-            return Ok(None);
+            return Ok(Served::Answered(None));
         }
     };
     let headers = session.req_header().headers.clone();
     let mut plan = match llm.plan(admission, &headers, body) {
         Planned::Answer(response) => {
             respond::write(session, response).await?;
-            return Ok(None);
+            return Ok(Served::Answered(None));
         }
         Planned::Proxy(plan) => *plan,
     };
+    if session.downstream_session.get_retry_buffer().is_some() {
+        let mut fast = Box::new(FastPath {
+            plan,
+            index: 0,
+            started: Instant::now(),
+            falling_back: false,
+        });
+        if let Some(attempt) = fast.next_attempt(llm, 0).await {
+            return Ok(Served::Proxy(fast, attempt));
+        }
+        plan = fast.plan;
+        let response = plan.unreachable("no provider could be tried");
+        respond::write(session, response).await?;
+        llm.finish(plan, 502, None, None);
+        return Ok(Served::Answered(None));
+    }
     let (status, served, observed) = try_targets(llm, session, &mut plan).await?;
     let upstream_time = plan.upstream_time();
     llm.finish(plan, status, served, observed.as_ref());
-    Ok(Some(upstream_time))
+    Ok(Served::Answered(Some(upstream_time)))
+}
+
+impl FastPath {
+    /// The first attempt from target `from` on that can be prepared (a target whose request
+    /// cannot be built or whose address cannot be resolved is recorded and skipped).
+    async fn next_attempt(&mut self, llm: &LlmEndpoint, from: usize) -> Option<AttemptCtx> {
+        for index in from..self.plan.len() {
+            let started = Instant::now();
+            let prepared = match llm.attempt(&self.plan, index) {
+                Ok(attempt) => match resolve(&attempt).await {
+                    Ok(peer) => Ok(AttemptCtx {
+                        attempt,
+                        peer,
+                        report: Arc::default(),
+                    }),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            match prepared {
+                Ok(attempt) => {
+                    self.index = index;
+                    self.started = Instant::now();
+                    return Some(attempt);
+                }
+                Err(why) => {
+                    llm.attempt_ended(
+                        &mut self.plan,
+                        index,
+                        &AttemptEnd::Failed(why),
+                        started.elapsed(),
+                    );
+                    llm.fell_back(&self.plan, index);
+                }
+            }
+        }
+        None
+    }
+
+    /// Mark the current attempt failed in a way the next target may repair.
+    pub fn fall_back(&mut self) {
+        self.falling_back = true;
+    }
+
+    /// Whether the current attempt is being given up for the next target.
+    pub fn is_falling_back(&self) -> bool {
+        self.falling_back
+    }
+
+    /// Pingora asks for a peer again after a failed attempt: account for it and prepare the
+    /// next target.
+    pub async fn advance(&mut self, llm: &LlmEndpoint, current: &AttemptCtx) -> Option<AttemptCtx> {
+        self.falling_back = false;
+        let end = current.end();
+        llm.attempt_ended(&mut self.plan, self.index, &end, self.started.elapsed());
+        llm.fell_back(&self.plan, self.index);
+        self.next_attempt(llm, self.index + 1).await
+    }
+
+    /// The request is over: account for the last attempt and the request.
+    pub fn finish(mut self, llm: &LlmEndpoint, last: Option<&AttemptCtx>, status: u16) -> Duration {
+        let mut observed = None;
+        let mut served = None;
+        if let Some(attempt) = last {
+            let end = attempt.end();
+            llm.attempt_ended(&mut self.plan, self.index, &end, self.started.elapsed());
+            let report = attempt.report();
+            observed = report.observed.clone();
+            served = report.status.map(|_| self.index);
+        }
+        let upstream_time = self.plan.upstream_time();
+        llm.finish(self.plan, status, served, observed.as_ref());
+        upstream_time
+    }
 }
 
 /// Try the plan's targets in turn until one answers in a way the client should see.
@@ -332,6 +448,32 @@ pub fn take_attempt(session: &mut Session) -> Option<AttemptCtx> {
 }
 
 impl AttemptCtx {
+    /// Whether another target is left if this one fails.
+    pub fn may_fall_back(&self) -> bool {
+        self.attempt.may_fall_back
+    }
+
+    /// How the attempt ended, from what it reported.
+    fn end(&self) -> AttemptEnd {
+        let report = self.report();
+        match (report.status, &report.failure) {
+            (Some(status), _) => AttemptEnd::Answered(status),
+            (None, Some(failure)) => AttemptEnd::Failed(failure.clone()),
+            (None, None) => AttemptEnd::Failed("the provider did not answer".into()),
+        }
+    }
+
+    /// Note a failure that will be repaired by the next target.
+    pub fn failing_over(&self, status: Option<u16>, error: Option<&pingora::Error>) {
+        let mut report = self.report();
+        if let Some(status) = status {
+            report.status = Some(status);
+        }
+        if let Some(error) = error {
+            report.failure = Some(describe(error, &self.attempt.provider));
+        }
+    }
+
     /// The provider to connect to.
     pub fn peer(&self) -> Box<HttpPeer> {
         let address = &self.attempt.outgoing.address;

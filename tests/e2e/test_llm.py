@@ -388,6 +388,27 @@ def test_fallback_429_to_openai_streamed(fresh):
     assert [(a["provider"], a.get("status")) for a in record["attempts"]] == [("primary", 429), ("backup", 200)]
 
 
+def test_fallback_of_a_body_larger_than_pingoras_retry_buffer(fresh):
+    """A request body over 64 KiB (Claude Code's are) cannot be replayed from Pingora's retry
+    buffer: its attempts run as subrequests given the body Sluice kept. Primary 429, backup
+    answers the whole body, streamed."""
+    fake, start = fresh
+    gateway = start()
+    fake.fail_next("anthropic", 429)
+    filler = "lorem ipsum " * 8000  # about 96 KB
+    big = [{"role": "user", "content": f"{filler}{PROMPT}"}]
+    pieces, message, headers, events = anthropic_stream(sluice_anthropic(gateway), messages=big)
+    assert "".join(pieces) == hello("openai", BACKUP_MODEL)
+    assert events[0] == "message_start" and events[-1] == "message_stop"
+    served_by(headers, "backup", BACKUP_MODEL)
+    first, second = fake.of()
+    assert first["kind"] == "anthropic" and first["status"] == 429
+    assert second["kind"] == "openai"
+    sent = second["body"]["messages"][-1]["content"]
+    sent = sent if isinstance(sent, str) else "".join(p["text"] for p in sent)
+    assert sent == f"{filler}{PROMPT}", "the fallback got the whole body"
+
+
 def test_fallback_529_json(fresh):
     fake, start = fresh
     gateway = start()
