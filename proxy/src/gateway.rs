@@ -218,7 +218,7 @@ impl ProxyHttp for Gateway {
                     Served::Answered(upstream_time) => ctx.upstream_time = upstream_time,
                     Served::Proxy(fast, attempt) => {
                         ctx.fast = Some(fast);
-                        ctx.attempt = Some(attempt);
+                        ctx.attempt = Some(*attempt);
                         return Ok(false);
                     }
                 }

@@ -67,7 +67,7 @@ pub enum Served {
     /// Answered (by Sluice, or by subrequests); the time spent waiting for providers.
     Answered(Option<Duration>),
     /// To proxy on the main session itself: its first attempt.
-    Proxy(Box<FastPath>, AttemptCtx),
+    Proxy(Box<FastPath>, Box<AttemptCtx>),
 }
 
 /// A request whose body fits Pingora's retry buffer: its attempts run on the main session,
@@ -141,7 +141,7 @@ pub async fn serve(
             falling_back: false,
         });
         if let Some(attempt) = fast.next_attempt(llm, 0).await {
-            return Ok(Served::Proxy(fast, attempt));
+            return Ok(Served::Proxy(fast, Box::new(attempt)));
         }
         plan = fast.plan;
         let response = plan.unreachable("no provider could be tried");
