@@ -49,6 +49,32 @@ pub struct Report {
     observed: Option<Observed>,
 }
 
+impl Report {
+    /// How the attempt ended, from what it reported.
+    fn end(&self) -> AttemptEnd {
+        match (self.status, &self.failure) {
+            (Some(status), _) => AttemptEnd::Answered(status),
+            (None, Some(failure)) => AttemptEnd::Failed(failure.clone()),
+            (None, None) => AttemptEnd::Failed("the provider did not answer".into()),
+        }
+    }
+}
+
+/// The request for target `index` of `plan`, its provider's address resolved.
+async fn prepare(
+    llm: &LlmEndpoint,
+    plan: &Plan,
+    index: usize,
+) -> std::result::Result<AttemptCtx, String> {
+    let attempt = llm.attempt(plan, index).map_err(|e| e.to_string())?;
+    let peer = resolve(&attempt).await?;
+    Ok(AttemptCtx {
+        attempt,
+        peer,
+        report: Arc::default(),
+    })
+}
+
 /// An attempt, as the subrequest that makes it sees it.
 pub struct AttemptCtx {
     attempt: Attempt,
@@ -161,18 +187,7 @@ impl FastPath {
     async fn next_attempt(&mut self, llm: &LlmEndpoint, from: usize) -> Option<AttemptCtx> {
         for index in from..self.plan.len() {
             let started = Instant::now();
-            let prepared = match llm.attempt(&self.plan, index) {
-                Ok(attempt) => match resolve(&attempt).await {
-                    Ok(peer) => Ok(AttemptCtx {
-                        attempt,
-                        peer,
-                        report: Arc::default(),
-                    }),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e.to_string()),
-            };
-            match prepared {
+            match prepare(llm, &self.plan, index).await {
                 Ok(attempt) => {
                     self.index = index;
                     self.started = Instant::now();
@@ -239,52 +254,27 @@ async fn try_targets(
     let mut last_failure = String::from("no provider could be tried");
     for index in 0..plan.len() {
         let started = Instant::now();
-        let attempt = match llm.attempt(plan, index) {
+        let attempt = match prepare(llm, plan, index).await {
             Ok(attempt) => attempt,
-            Err(e) => {
-                last_failure = e.to_string();
+            Err(why) => {
+                last_failure = why;
                 llm.attempt_ended(
                     plan,
                     index,
                     &AttemptEnd::Failed(last_failure.clone()),
                     started.elapsed(),
                 );
-                continue;
-            }
-        };
-        let may_fall_back = attempt.may_fall_back;
-        let peer = match resolve(&attempt).await {
-            Ok(peer) => peer,
-            Err(e) => {
-                last_failure = e;
-                llm.attempt_ended(
-                    plan,
-                    index,
-                    &AttemptEnd::Failed(last_failure.clone()),
-                    started.elapsed(),
-                );
-                if may_fall_back {
+                if index + 1 < plan.len() {
                     llm.fell_back(plan, index);
                 }
                 continue;
             }
         };
-        let report = Arc::new(Mutex::new(Report::default()));
-        let outcome = run_attempt(
-            session,
-            plan.body().clone(),
-            attempt,
-            peer,
-            report.clone(),
-            may_fall_back,
-        )
-        .await;
+        let may_fall_back = attempt.may_fall_back();
+        let report = attempt.report.clone();
+        let outcome = run_attempt(session, plan.body().clone(), attempt, may_fall_back).await;
         let report = std::mem::take(&mut *report.lock().unwrap_or_else(|p| p.into_inner()));
-        let end = match (report.status, &report.failure) {
-            (Some(status), _) => AttemptEnd::Answered(status),
-            (None, Some(failure)) => AttemptEnd::Failed(failure.clone()),
-            (None, None) => AttemptEnd::Failed("the provider did not answer".into()),
-        };
+        let end = report.end();
         llm.attempt_ended(plan, index, &end, started.elapsed());
         match outcome {
             Piped::Swallowed => {
@@ -327,9 +317,7 @@ enum Piped {
 async fn run_attempt(
     session: &mut Session,
     client_body: Bytes,
-    attempt: Attempt,
-    peer: SocketAddr,
-    report: Arc<Mutex<Report>>,
+    attempt: AttemptCtx,
     may_fall_back: bool,
 ) -> Piped {
     let Some(spawner) = session.subrequest_spawner.as_ref() else {
@@ -337,11 +325,7 @@ async fn run_attempt(
     };
     let ctx = SubrequestCtx::builder()
         .body_mode(BodyMode::ExpectBody)
-        .user_ctx(Box::new(Some(AttemptCtx {
-            attempt,
-            peer,
-            report,
-        })))
+        .user_ctx(Box::new(Some(attempt)))
         .build();
     let (subrequest, handle) = spawner.create_subrequest(session.downstream_session.as_ref(), ctx);
 
@@ -455,12 +439,7 @@ impl AttemptCtx {
 
     /// How the attempt ended, from what it reported.
     fn end(&self) -> AttemptEnd {
-        let report = self.report();
-        match (report.status, &report.failure) {
-            (Some(status), _) => AttemptEnd::Answered(status),
-            (None, Some(failure)) => AttemptEnd::Failed(failure.clone()),
-            (None, None) => AttemptEnd::Failed("the provider did not answer".into()),
-        }
+        self.report().end()
     }
 
     /// Note a failure that will be repaired by the next target.

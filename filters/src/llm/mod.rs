@@ -417,11 +417,7 @@ impl LlmEndpoint {
             return Planned::Answer(response);
         }
         Planned::Proxy(Box::new(Plan {
-            record_id: format!(
-                "llm-{}-{}",
-                self.id_prefix,
-                self.next_id.fetch_add(1, Ordering::Relaxed)
-            ),
+            record_id: self.next_record_id(),
             model: head.model,
             stream: head.stream && admission.api != Api::CountTokens,
             body,
@@ -432,6 +428,15 @@ impl LlmEndpoint {
             upstream_time: Duration::ZERO,
             admission,
         }))
+    }
+
+    /// A new LLM record id: this instance's prefix and a counter.
+    fn next_record_id(&self) -> String {
+        format!(
+            "llm-{}-{}",
+            self.id_prefix,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// A request answered here (a local token count), in the audit log.
@@ -451,11 +456,7 @@ impl LlmEndpoint {
     ) -> LlmRecord {
         LlmRecord {
             time: now_rfc3339(),
-            request_id: format!(
-                "llm-{}-{}",
-                self.id_prefix,
-                self.next_id.fetch_add(1, Ordering::Relaxed)
-            ),
+            request_id: self.next_record_id(),
             key: admission.key.name.to_string(),
             method: admission.api.label(),
             model: model.to_string(),

@@ -205,9 +205,7 @@ impl Shaper {
                 "the provider's answer is too large",
             );
         }
-        if from == self.client {
-            return held;
-        }
+        // A body of the client's own format passes as it comes (`Mode::Pass`).
         let translated = serde_json::from_slice(&held)
             .ok()
             .and_then(|v| translate::response(&v, from, self.client, &self.model).ok());
