@@ -512,7 +512,7 @@ impl AttemptCtx {
 
     /// A piece of the provider's body, shaped for the client.
     pub fn response_body(&mut self, body: &mut Option<Bytes>, end: bool) {
-        *body = self.attempt.body(body.as_deref(), end);
+        self.attempt.body(body, end);
         if end {
             self.report().observed = Some(self.attempt.observed().clone());
         }

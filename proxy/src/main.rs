@@ -16,6 +16,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc rather than the system allocator: the request path allocates many small, short-lived
+/// buffers across threads, where glibc's malloc showed as ~14% of the gateway's samples under load
+/// (perf/RESULTS.md). Code Mode workers (this binary in worker mode) use it too; CPython keeps its
+/// own allocator.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",

@@ -191,10 +191,9 @@ impl Attempt {
 
     /// A piece of the provider's body (`None` at the end): what the client gets now. Tool
     /// uses that completed in it are remembered before the client can act on them.
-    pub fn body(&mut self, chunk: Option<&[u8]>, end: bool) -> Option<Bytes> {
-        let out = self.shaper.body(chunk, end);
+    pub fn body(&mut self, piece: &mut Option<Bytes>, end: bool) {
+        self.shaper.shape(piece, end);
         self.remember_tool_uses();
-        out
     }
 
     /// The stream broke off after it started: what ends the client's stream.

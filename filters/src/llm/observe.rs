@@ -223,6 +223,9 @@ impl StreamObserver {
     }
 
     fn anthropic(&mut self, event: &Event) {
+        if carries_nothing_observed(event) {
+            return;
+        }
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
             return;
         };
@@ -396,6 +399,18 @@ impl StreamObserver {
     }
 }
 
+/// An Anthropic event that holds nothing observed (a ping, or a text delta: most of a stream),
+/// told by its name and a glance at its data, so that it is not parsed.
+fn carries_nothing_observed(event: &Event) -> bool {
+    match event.event.as_str() {
+        "ping" => true,
+        "content_block_delta" => {
+            memchr::memmem::find(event.data.as_bytes(), b"partial_json").is_none()
+        }
+        _ => false,
+    }
+}
+
 fn push_capped(p: &mut Pending, piece: &str) {
     if p.too_large {
         return;
@@ -518,7 +533,9 @@ mod tests {
     fn anthropic_stream() -> String {
         sse(&[
             json!({"type": "message_start", "message": {"id": "msg_9", "usage": {"input_tokens": 30, "cache_read_input_tokens": 200, "cache_creation_input_tokens": 0, "output_tokens": 1}}}),
+            json!({"type": "ping"}),
             json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            // Not parsed (text deltas and pings carry nothing observed).
             json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}),
             json!({"type": "content_block_stop", "index": 0}),
             json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_a", "name": "Bash", "input": {}}}),

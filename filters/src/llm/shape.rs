@@ -127,20 +127,34 @@ impl Shaper {
         head
     }
 
-    /// A piece of the provider's body (`None` at the end): what to send the client now.
-    pub fn body(&mut self, chunk: Option<&[u8]>, end: bool) -> Option<Bytes> {
-        let chunk = chunk.unwrap_or_default();
-        let mut out = Vec::new();
-        match self.mode.as_mut()? {
+    /// Shape a piece of the provider's body (`None` at the end) in place. What goes to the
+    /// client unchanged (a stream or a whole body in the client's own format) is observed and
+    /// left as it is, without a copy; a decoded or translated piece is replaced; a body held
+    /// whole is sent at its end.
+    pub fn shape(&mut self, piece: &mut Option<Bytes>, end: bool) {
+        let chunk = piece.as_deref().unwrap_or_default();
+        let Some(mode) = self.mode.as_mut() else {
+            *piece = None;
+            return;
+        };
+        let replaced = match mode {
+            Mode::Stream {
+                decoder: None,
+                translator: None,
+                observer,
+            } => {
+                observer.push(chunk);
+                None
+            }
             Mode::Stream {
                 decoder,
                 translator,
                 observer,
             } => {
-                let mut decoded;
+                let mut out = Vec::new();
+                let mut decoded = Vec::new();
                 let mut input = chunk;
                 if let Some(decoder) = decoder.as_mut() {
-                    decoded = Vec::new();
                     let mut result = decoder.push(chunk, &mut decoded);
                     if end && result.is_ok() {
                         result = decoder.finish();
@@ -150,20 +164,18 @@ impl Shaper {
                         decoded.extend_from_slice(&stream_error(Format::Anthropic, &e.to_string()));
                     }
                     input = &decoded;
-                    match translator.as_mut() {
-                        Some(t) => t.push(input, &mut out),
-                        None => out.extend_from_slice(input),
-                    }
-                } else {
-                    match translator.as_mut() {
-                        Some(t) => t.push(input, &mut out),
-                        None => out.extend_from_slice(input),
-                    }
                 }
-                if end && let Some(t) = translator.as_mut() {
-                    t.finish(&mut out);
+                match translator.as_mut() {
+                    Some(t) => {
+                        t.push(input, &mut out);
+                        if end {
+                            t.finish(&mut out);
+                        }
+                    }
+                    None => out.extend_from_slice(input),
                 }
                 observer.push(&out);
+                Some(out)
             }
             Mode::Pass { seen } => {
                 if seen.len() + chunk.len() > MAX_HELD_BYTES {
@@ -171,7 +183,7 @@ impl Shaper {
                 } else {
                     seen.extend_from_slice(chunk);
                 }
-                out.extend_from_slice(chunk);
+                None
             }
             Mode::Whole { held, success } => {
                 if held.len() + chunk.len() > MAX_HELD_BYTES {
@@ -180,20 +192,23 @@ impl Shaper {
                     held.extend_from_slice(chunk);
                 }
                 if !end {
-                    return Some(Bytes::new());
+                    *piece = Some(Bytes::new());
+                    return;
                 }
                 let held = std::mem::take(held);
-                out = if *success {
+                Some(if *success {
                     self.whole_success(held)
                 } else {
                     self.whole_error(&held)
-                };
+                })
             }
-        }
+        };
         if end {
-            self.finish_observing(&out);
+            self.finish_observing(replaced.as_deref().unwrap_or_default());
         }
-        Some(Bytes::from(out))
+        if let Some(out) = replaced {
+            *piece = Some(Bytes::from(out));
+        }
     }
 
     fn whole_success(&mut self, held: Vec<u8>) -> Vec<u8> {
@@ -322,14 +337,21 @@ mod tests {
         "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
     );
 
+    /// What the client gets for one piece (`None`: the end).
+    fn piece(shaper: &mut Shaper, piece: Option<&[u8]>, end: bool) -> Bytes {
+        let mut piece = piece.map(Bytes::copy_from_slice);
+        shaper.shape(&mut piece, end);
+        piece.unwrap_or_default()
+    }
+
     fn run(shaper: &mut Shaper, status: u16, body: &[u8]) -> (Head, Vec<u8>) {
         let head = shaper.head(status);
         let mut out = Vec::new();
         // Split the body in small pieces, as a network would.
-        for piece in body.chunks(7) {
-            out.extend_from_slice(&shaper.body(Some(piece), false).unwrap_or_default());
+        for chunk in body.chunks(7) {
+            out.extend_from_slice(&piece(shaper, Some(chunk), false));
         }
-        out.extend_from_slice(&shaper.body(None, true).unwrap_or_default());
+        out.extend_from_slice(&piece(shaper, None, true));
         (head, out)
     }
 
@@ -366,9 +388,9 @@ mod tests {
         let body = br#"{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":2}}"#;
         let head = shaper.head(200);
         assert!(!head.drop_length);
-        let first = shaper.body(Some(&body[..10]), false).unwrap();
+        let first = piece(&mut shaper, Some(&body[..10]), false);
         assert_eq!(&first[..], &body[..10], "passed at once, not held");
-        let rest = shaper.body(Some(&body[10..]), true).unwrap();
+        let rest = piece(&mut shaper, Some(&body[10..]), true);
         assert_eq!([&first[..], &rest[..]].concat(), body.to_vec());
         assert_eq!(shaper.observed().usage.output_tokens, 2);
     }
@@ -395,7 +417,7 @@ mod tests {
         let mut shaper = Shaper::new(Format::Anthropic, Wire::Sse(Format::OpenAi), "m", false);
         shaper.head(200);
         let first = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"g\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
-        let started = shaper.body(Some(first.as_bytes()), false).unwrap();
+        let started = piece(&mut shaper, Some(first.as_bytes()), false);
         assert!(String::from_utf8_lossy(&started).contains("message_start"));
         let ending = shaper
             .broken("provider `p`: the provider's answer broke off")
