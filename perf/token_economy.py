@@ -536,10 +536,10 @@ def plain_steps(task: Task, tool_search: bool) -> list:
     return steps
 
 
-def code_steps(task: Task, tool_search: bool) -> list:
+def code_steps(task: Task) -> list:
     from scripted_anthropic import Call, Step, last_result_text
 
-    search, stubs, run = (TOOL_PREFIX + n for n in ("search_tools", "get_tool_stubs", "run_script"))
+    search, run = (TOOL_PREFIX + n for n in ("search_tools", "run_script"))
 
     def final(body: dict) -> Step:
         text = last_result_text(body, run)
@@ -548,15 +548,27 @@ def code_steps(task: Task, tool_search: bool) -> list:
             raise BenchError(f"run_script returned no result: {text[:500]!r}")
         return Step(answer_text(json.loads(text[marker + len("result = "):])))
 
-    steps = [
-        Step("Looking for the tools.", [Call(search, {"query": "customers by segment and region support tickets", "limit": 10})]),
-        Step("Reading their signatures.", [Call(stubs, {"tools": ["crm.search_customers", "hd.list_tickets"]})]),
-        Step("Running a script that reads the tickets and aggregates.", [Call(run, {"script": code_script(task)})]),
+    def write_script(body: dict) -> Step:
+        # The script is written from the stubs the searches returned; check they were there.
+        from scripted_anthropic import result_text, results_for
+
+        found = "\n".join(result_text(r) for r in results_for(body, search))
+        for stub in ("def search_customers(", "def list_tickets("):
+            if stub not in found:
+                raise BenchError(f"search_tools returned no `{stub}` stub: {found[:800]!r}")
+        return Step("Running a script that reads the tickets and aggregates.", [Call(run, {"script": code_script(task)})])
+
+    # Sluice lists the meta-tools with `_meta["anthropic/alwaysLoad"]`, so Claude Code offers them
+    # up front even with its tool search on (no ToolSearch step), and search answers carry the
+    # stubs of their best matches (no get_tool_stubs step): two searches at once, one script.
+    return [
+        Step("Looking for the tools.", [
+            Call(search, {"query": "search customers by segment and region", "limit": 3}),
+            Call(search, {"query": "list support tickets of a customer", "limit": 3}),
+        ]),
+        write_script,
         final,
     ]
-    if tool_search:
-        steps.insert(0, Step("Loading the tools.", [Call("ToolSearch", {"query": f"select:{search},{stubs},{run}"})]))
-    return steps
 
 
 MODES = [
@@ -575,7 +587,7 @@ def play(task: Task, mode: tuple, sluice: Sluice, keys: dict[str, str], counter:
     from scripted_anthropic import ScriptedAnthropic
 
     ident, label, kind, tool_search, extra = mode
-    steps = code_steps(task, tool_search) if kind == "code" else plain_steps(task, tool_search)
+    steps = code_steps(task) if kind == "code" else plain_steps(task, tool_search)
     record = work / f"requests-{task.id}-{ident}.jsonl"
     with ScriptedAnthropic(steps, record_path=str(record)) as fake:
         started = time.monotonic()

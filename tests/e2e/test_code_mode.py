@@ -307,6 +307,9 @@ def test_sdk_session_client_searches_reads_stubs_and_runs_scripts(cm):
 
     listed, calls = anyio.run(scenario)
     assert {tool.name for tool in listed.tools} == META_TOOLS, [tool.name for tool in listed.tools]
+    # Claude Code loads them up front instead of behind its ToolSearch tool (one request less a turn).
+    for tool in listed.tools:
+        assert (tool.meta or {}).get("anthropic/alwaysLoad") is True, tool
     for name, result in calls.items():
         assert result.get("isError") is not True, f"{name}: {result}"
     texts = {name: text_of(result) for name, result in calls.items()}
@@ -314,6 +317,8 @@ def test_sdk_session_client_searches_reads_stubs_and_runs_scripts(cm):
     # Search: `namespace.function — exposed name — summary`, granted tools only.
     assert "everything.get_sum \u2014 everything__get-sum \u2014 " in texts["search_sum"], texts["search_sum"]
     assert "py.add \u2014 py__add \u2014 Add two integers" in texts["search_add"], texts["search_add"]
+    # The best matches come with their stubs, so a script can be written without get_tool_stubs.
+    assert "Stubs of the first" in texts["search_add"] and "def add(a: int, b: int)" in texts["search_add"], texts["search_add"]
     assert "py2.record \u2014 py2__record \u2014 " in texts["search_record"], texts["search_record"]
     assert "py.record" not in texts["search_record"] and "py__record" not in texts["search_record"], texts["search_record"]
 
@@ -397,6 +402,7 @@ def test_run_script_in_a_stateless_request(cm):
     try:
         listed = client.result("tools/list")
         assert {t["name"] for t in listed["tools"]} == META_TOOLS, listed
+        assert all(t.get("_meta", {}).get("anthropic/alwaysLoad") is True for t in listed["tools"]), listed
         response, message = client.call_tool("run_script", {"script": aggregate_script(marker)})
         assert response.status_code == 200 and "result" in message, f"HTTP {response.status_code} {message}"
         assert "mcp-session-id" not in response.headers, dict(response.headers)

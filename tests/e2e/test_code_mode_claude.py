@@ -5,19 +5,19 @@ key in Code Mode, so it sees three tools: search_tools, get_tool_stubs and run_s
 model is tests/fixtures/scripted_anthropic.py (the Anthropic Messages wire format, streamed),
 playing an agent's turn step by step:
 
-    (ToolSearch select:...)  with Claude Code's default tool search, to load the three tools
-    search_tools             find the tools that add numbers
-    get_tool_stubs           read their Python signatures
+    search_tools             find the tools that add numbers; the answer carries the Python
+                             stubs of the best matches
     run_script               a script calling two tools of two servers, the second with the
                              first's answer: server-everything's get-sum (ev.get_sum) and the
                              Python fixture's add (py.add)
     final text               quotes the script's result, read from the run_script tool_result
 
-The test checks what Claude Code showed the model (only the three meta-tools), what came back
-at each step (search lines, stubs, the computed value), what Claude Code printed (the final
-answer with the value), and Sluice's audit log (run_script and its two tool calls, children of
-the run, under the Code Mode key). Both ways Claude Code offers MCP tools are played: its
-default (hidden behind ToolSearch) and ENABLE_TOOL_SEARCH=false (offered up front).
+The test checks what Claude Code showed the model (only the three meta-tools, offered up front
+even with tool search on, since Sluice lists them with `_meta["anthropic/alwaysLoad"]`), what
+came back at each step (search lines with stubs, the computed value), what Claude Code printed
+(the final answer with the value), and Sluice's audit log (run_script and its two tool calls,
+children of the run, under the Code Mode key). Both ways Claude Code offers MCP tools are
+played: its default tool search and ENABLE_TOOL_SEARCH=false.
 """
 
 from __future__ import annotations
@@ -114,15 +114,14 @@ def agent_script(tool_search: bool, a: int, b: int, c: int) -> list:
         total = json.loads(match.group(1))["total"] if match else f"(no result in {text!r})"
         return Step(text=f"CODE-MODE-ANSWER total={total}")
 
-    steps = [
+    # The meta-tools are loaded up front even with tool search on (`anthropic/alwaysLoad`), and
+    # search answers with the stubs of its best matches: three requests, no ToolSearch and no
+    # get_tool_stubs.
+    return [
         Step("Searching for tools that add numbers.", [Call(SEARCH, {"query": "add sum two numbers", "limit": 5})]),
-        Step("Reading their signatures.", [Call(STUBS, {"tools": ["ev.get_sum", "py__add"]})]),
         Step("Running a script that calls both.", [Call(RUN, {"script": script})]),
         final,
     ]
-    if tool_search:
-        steps.insert(0, Step("Loading the Sluice tools.", [Call("ToolSearch", {"query": f"select:{SEARCH},{STUBS},{RUN}"})]))
-    return steps
 
 
 @pytest.mark.parametrize("tool_search", [True, False], ids=["tool-search", "tools-up-front"])
@@ -149,7 +148,7 @@ def test_claude_code_runs_a_code_mode_turn(code_gateway, tmp_path, tool_search):
         f"exit {done.returncode}\nstdout: {done.stdout}\nstderr: {done.stderr[-3000:]}\n"
         f"steps played: {played}\ngateway log:\n{code_gateway.log(30)}"
     )
-    steps = 5 if tool_search else 4
+    steps = 3
     assert len(main) >= steps and played[-1] == steps - 1, f"the scripted turn did not finish:\n{context}"
     last = main[-1]
 
@@ -158,11 +157,9 @@ def test_claude_code_runs_a_code_mode_turn(code_gateway, tmp_path, tool_search):
     for body in main:
         sluice_tools |= {n for n in offered_tools(body) + deferred_tools(body) if n.startswith(PREFIX)}
     assert sluice_tools == META_TOOLS, sorted(sluice_tools)
-    if tool_search:
-        assert set(deferred_tools(main[0])) >= META_TOOLS, deferred_tools(main[0])
-        assert not META_TOOLS & set(offered_tools(main[0])), "tool search on, yet the tools came up front"
-    else:
-        assert META_TOOLS <= set(offered_tools(main[0])), offered_tools(main[0])
+    # Up front in both modes: with tool search on, `anthropic/alwaysLoad` keeps them out of it.
+    assert META_TOOLS <= set(offered_tools(main[0])), (offered_tools(main[0]), deferred_tools(main[0]))
+    assert not META_TOOLS & set(deferred_tools(main[0])), deferred_tools(main[0])
 
     # Each step's tool_result, as Claude Code passed it back to the model.
     found = results_for(last, SEARCH)
@@ -170,10 +167,7 @@ def test_claude_code_runs_a_code_mode_turn(code_gateway, tmp_path, tool_search):
     lines = result_text(found[0])
     assert re.search(r"^ev\.get_sum — ev__get-sum — ", lines, re.M), lines
     assert re.search(r"^py\.add — py__add — ", lines, re.M), lines
-    stubs = results_for(last, STUBS)
-    assert stubs and not stubs[0].get("is_error"), stubs
-    assert "def get_sum(a: float, b: float)" in result_text(stubs[0]), result_text(stubs[0])
-    assert "def add(a: int, b: int)" in result_text(stubs[0]), result_text(stubs[0])
+    assert "def get_sum(a: float, b: float)" in lines and "def add(a: int, b: int)" in lines, lines
     runs = results_for(last, RUN)
     assert runs and not runs[0].get("is_error"), runs
     ran = result_text(runs[0])
@@ -194,7 +188,7 @@ def test_claude_code_runs_a_code_mode_turn(code_gateway, tmp_path, tool_search):
     for record in records:
         by_tool.setdefault(record.get("tool"), []).append(record)
     assert [r["status"] for r in by_tool.get("search_tools", [])] == ["ok"], records
-    assert [r["status"] for r in by_tool.get("get_tool_stubs", [])] == ["ok"], records
+    assert "get_tool_stubs" not in by_tool, records
     [run] = by_tool["run_script"]
     assert run["status"] == "ok" and run["key"] == CODER_KEY_NAME, run
     for tool, server in (("ev__get-sum", "everything"), ("py__add", "py")):

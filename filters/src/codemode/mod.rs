@@ -36,6 +36,10 @@ pub const RUN: &str = "run_script";
 /// Results `search_tools` returns when not told how many.
 const DEFAULT_RESULTS: usize = 10;
 const MAX_RESULTS: usize = 50;
+/// How many of the best `search_tools` results come with their stubs: enough for a task's few
+/// tools, so that the model can write its script without a `get_tool_stubs` round trip (each
+/// request of a turn re-sends the client's whole context).
+const STUBBED_RESULTS: usize = 5;
 
 pub struct CodeMode {
     pool: Arc<Pool>,
@@ -60,13 +64,17 @@ impl CodeMode {
     }
 
     /// The meta-tools' definitions, as `tools/list` shows them.
+    ///
+    /// Each carries `_meta["anthropic/alwaysLoad"]`: Claude Code otherwise hides MCP tools
+    /// behind its ToolSearch tool, and loading three small definitions that way costs a whole
+    /// request of the turn, far more than the definitions themselves.
     pub fn definitions() -> &'static [Box<RawValue>] {
         static DEFINITIONS: OnceLock<Vec<Box<RawValue>>> = OnceLock::new();
         DEFINITIONS.get_or_init(|| {
             [
                 json!({
                     "name": SEARCH,
-                    "description": "Search the tools you can call from run_script, by words (e.g. \"list open issues\"). Returns one line per tool: `namespace.function`, the tool's name, and what it does. Read their signatures with get_tool_stubs before writing a script.",
+                    "description": "Search the tools you can call from run_script, by words (e.g. \"list open issues\"). Returns one line per tool (`namespace.function`, the tool's name, what it does), then the Python stubs of the best matches; get_tool_stubs reads the others. Several searches can run at once.",
                     "inputSchema": {
                         "type": "object",
                         "properties": {
@@ -75,7 +83,8 @@ impl CodeMode {
                         },
                         "required": ["query"]
                     },
-                    "annotations": {"readOnlyHint": true}
+                    "annotations": {"readOnlyHint": true},
+                    "_meta": {"anthropic/alwaysLoad": true}
                 }),
                 json!({
                     "name": STUBS,
@@ -87,7 +96,8 @@ impl CodeMode {
                             "namespaces": {"type": "array", "items": {"type": "string"}, "description": "Whole namespaces (one per server)."}
                         }
                     },
-                    "annotations": {"readOnlyHint": true}
+                    "annotations": {"readOnlyHint": true},
+                    "_meta": {"anthropic/alwaysLoad": true}
                 }),
                 json!({
                     "name": RUN,
@@ -98,7 +108,8 @@ impl CodeMode {
                             "script": {"type": "string", "description": "Python 3 source."}
                         },
                         "required": ["script"]
-                    }
+                    },
+                    "_meta": {"anthropic/alwaysLoad": true}
                 }),
             ]
             .iter()
@@ -119,7 +130,8 @@ impl CodeMode {
         stubs
     }
 
-    /// `search_tools`: the best matches among the tools at `allowed` indices, one per line.
+    /// `search_tools`: the best matches among the tools at `allowed` indices, one per line, then
+    /// the stubs of the first [`STUBBED_RESULTS`].
     pub fn search(
         &self,
         catalog: &Catalog,
@@ -159,13 +171,25 @@ impl CodeMode {
             ranked.len().min(limit),
             allowed.len()
         );
-        for (_, i) in ranked.into_iter().take(limit) {
+        let shown: Vec<usize> = ranked.into_iter().take(limit).map(|(_, i)| i).collect();
+        for &i in &shown {
             let (stub, entry) = (&stubs.tools[i], &tools[i]);
             out.push_str(&format!(
                 "{}.{} — {} — {}\n",
                 stub.namespace, stub.function, entry.exposed_name, stub.summary
             ));
         }
+        let stubbed = &shown[..shown.len().min(STUBBED_RESULTS)];
+        out.push_str(&format!(
+            "\nStubs of the first {}{}:\n\n",
+            stubbed.len(),
+            if shown.len() > stubbed.len() {
+                " (get_tool_stubs reads the others)"
+            } else {
+                ""
+            }
+        ));
+        out.push_str(&stubs.render(stubbed));
         out
     }
 
