@@ -56,6 +56,11 @@ where
         }
     }
 
+    /// The byte stream, for reading what is left of it after the events wanted.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     /// The next complete event; `None` when the stream ended.
     pub async fn next_event(&mut self) -> Option<Result<SseEvent, SseError>> {
         loop {

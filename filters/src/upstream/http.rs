@@ -1,28 +1,28 @@
-//! A Streamable HTTP upstream. Requests go out on a pooled keep-alive client; Sluice holds the
-//! upstream's `Mcp-Session-Id` and initializes again when the upstream answers 404 (its session
-//! is gone, e.g. after a restart). Answers may be JSON or an SSE stream; from a stream, the
-//! event carrying the response to our request id is taken.
+//! A Streamable HTTP upstream. Messages go out on pooled keep-alive connections ([`super::post`]
+//! says which client carries them); Sluice holds the upstream's `Mcp-Session-Id` and
+//! initializes again when the upstream answers 404 (its session is gone, e.g. after a restart).
+//! Answers may be JSON or an SSE stream; from a stream, the event carrying the response to our
+//! request id is taken, and a large JSON answer is passed on as it arrives.
 //!
-//! Why Sluice calls the upstream with its own client instead of letting Pingora proxy the
-//! request (design.md §2, "the hot path"): calls from many downstream sessions share one
-//! upstream session, so Sluice must give each call its own request id and map the answer back,
-//! and it must pick the one answer out of an SSE stream; both need the answer in hand. Measured
-//! against the bare Pingora floor (perf/RESULTS.md, 2026-11-28 19:14), this path adds 1.13× the
-//! floor's p50 for small results and 1.38× for 100 KB ones, within the targets, so the simpler
-//! path stays until streaming large answers through unbuffered is needed.
+//! Why Sluice calls the upstream itself instead of letting Pingora proxy the request
+//! (design.md §2, "the hot path"): calls from many downstream sessions share one upstream
+//! session, so Sluice must give each call its own request id and map the answer back, and it
+//! must pick the one answer out of an SSE stream; both need the answer in hand. The hop still
+//! runs on Pingora's connector and pool where it can, so it costs what the floor's does.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue};
 use serde_json::value::RawValue;
 use sluice_conf::{HttpTransport, UpstreamEra};
 use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::answer::{MemberScanner, StreamedAnswer};
+use super::post::{Poster, Reply};
 use super::stateless;
 use super::{
     Announcements, CallOptions, Event, MAX_MESSAGE_BYTES, Outcome, ServerRequest, UpstreamError,
@@ -34,6 +34,8 @@ use crate::sse::SseReader;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const PROTOCOL_HEADER: &str = "mcp-protocol-version";
+/// What a POST accepts: a JSON answer or an event stream.
+pub(crate) const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 /// JSON answers larger than this (or of unknown length) are passed on as they arrive, for the
 /// calls that allow it.
 const STREAM_FROM: usize = 32 * 1024;
@@ -60,6 +62,9 @@ pub struct HttpConnection {
 /// listen on its GET stream.
 struct Wire {
     server: Arc<str>,
+    /// Carries POSTs: messages to the upstream.
+    poster: Poster,
+    /// Carries the GET stream and the session's DELETE.
     url: reqwest::Url,
     client: reqwest::Client,
     /// The upstream's session id and negotiated protocol version, once initialized.
@@ -91,7 +96,7 @@ impl Drop for InFlight<'_> {
 /// What an answer says about our upstream session.
 enum SessionCheck {
     Gone(String),
-    Alive(Box<reqwest::Response>),
+    Alive(Box<Reply>),
     Failed(UpstreamError),
 }
 
@@ -115,10 +120,13 @@ impl HttpConnection {
         era: UpstreamEra,
     ) -> Result<Self, UpstreamError> {
         let (client, url) = build_client(&server, config)?;
+        let headers = configured_headers(&server, config)?;
+        let poster = Poster::new(client.clone(), url.clone(), &headers, config.pool_size);
         let listen = CancellationToken::new();
         Ok(HttpConnection {
             wire: Arc::new(Wire {
                 server,
+                poster,
                 url,
                 client,
                 session: RwLock::new(None),
@@ -160,7 +168,7 @@ impl HttpConnection {
         let response = wire
             .post(request_bytes(id, "initialize", Some(&params)), None)
             .await?;
-        let session_id = response.headers().get(SESSION_HEADER).cloned();
+        let session_id = response.session_id.clone();
         let outcome = wire
             .read_answer(response, id, &CallOptions::default())
             .await?;
@@ -197,7 +205,7 @@ impl HttpConnection {
                 Some(&session),
             )
             .await?;
-        if !response.status().is_success() {
+        if !response.is_success() {
             return Err(wire.http_error(response).await);
         }
         let wire = self.wire.clone();
@@ -476,10 +484,10 @@ impl Wire {
     /// Whether the upstream forgot our session: 404 per the specification, or a 400 that says
     /// so (the reference TypeScript servers answer an unknown session id with 400 "No valid
     /// session ID provided").
-    async fn session_gone(&self, response: reqwest::Response) -> SessionCheck {
-        match response.status() {
-            reqwest::StatusCode::NOT_FOUND => SessionCheck::Gone("HTTP 404".into()),
-            reqwest::StatusCode::BAD_REQUEST => {
+    async fn session_gone(&self, response: Reply) -> SessionCheck {
+        match response.status {
+            404 => SessionCheck::Gone("HTTP 404".into()),
+            400 => {
                 let body = read_text(response).await;
                 if body.to_ascii_lowercase().contains("session") {
                     SessionCheck::Gone("HTTP 400 about the session".into())
@@ -503,18 +511,24 @@ impl Wire {
         method: &str,
         name: Option<&str>,
         param_headers: &[(HeaderName, HeaderValue)],
-    ) -> Result<reqwest::Response, UpstreamError> {
-        let mut request = self
-            .json_post(body)
-            .header(PROTOCOL_HEADER, stateless::VERSION)
-            .header("mcp-method", method);
+    ) -> Result<Reply, UpstreamError> {
+        let mut headers = Vec::with_capacity(3 + param_headers.len());
+        headers.push((
+            HeaderName::from_static(PROTOCOL_HEADER),
+            HeaderValue::from_static(stateless::VERSION),
+        ));
+        headers.push((
+            HeaderName::from_static("mcp-method"),
+            HeaderValue::try_from(method).map_err(|e| self.protocol(e.to_string()))?,
+        ));
         if let Some(name) = name {
-            request = request.header("mcp-name", name);
+            headers.push((
+                HeaderName::from_static("mcp-name"),
+                HeaderValue::try_from(name).map_err(|e| self.protocol(e.to_string()))?,
+            ));
         }
-        for (header, value) in param_headers {
-            request = request.header(header.clone(), value.clone());
-        }
-        self.send(request).await
+        headers.extend(param_headers.iter().cloned());
+        self.send(&headers, body).await
     }
 
     /// POST a message, in the upstream's session if there is one.
@@ -522,47 +536,42 @@ impl Wire {
         &self,
         body: Vec<u8>,
         session: Option<&UpstreamSession>,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        let mut request = self.json_post(body);
-        if let Some(session) = session {
-            request = session.apply(request);
+    ) -> Result<Reply, UpstreamError> {
+        match session {
+            Some(session) => self.send(&session.headers(), body).await,
+            None => self.send(&[], body).await,
         }
-        self.send(request).await
-    }
-
-    fn json_post(&self, body: Vec<u8>) -> reqwest::RequestBuilder {
-        self.client
-            .post(self.url.clone())
-            .header(ACCEPT, "application/json, text/event-stream")
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
     }
 
     async fn send(
         &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        request.send().await.map_err(|e| UpstreamError::Connect {
-            server: self.server.clone(),
-            detail: error_chain(e),
-        })
+        headers: &[(HeaderName, HeaderValue)],
+        body: Vec<u8>,
+    ) -> Result<Reply, UpstreamError> {
+        self.poster
+            .post(headers, body)
+            .await
+            .map_err(|detail| UpstreamError::Connect {
+                server: self.server.clone(),
+                detail,
+            })
     }
 
     /// Take the answer to request `id` from a JSON or SSE response; what comes before it in
     /// a stream goes to the call's events.
     async fn read_answer(
         self: &Arc<Self>,
-        response: reqwest::Response,
+        response: Reply,
         id: u64,
         options: &CallOptions,
     ) -> Result<Outcome, UpstreamError> {
-        if !response.status().is_success() {
+        if !response.is_success() {
             return Err(self.http_error(response).await);
         }
-        if !is_event_stream(&response) {
+        if !response.event_stream {
             if options.stream_answer
                 && response
-                    .content_length()
+                    .content_length
                     .is_none_or(|n| n > STREAM_FROM as u64)
             {
                 return self.stream_answer(response).await;
@@ -588,7 +597,7 @@ impl Wire {
                 .into_outcome()
                 .ok_or_else(|| self.protocol("the answer has no `result` or `error`".into()));
         }
-        let mut events = SseReader::new(response.bytes_stream(), MAX_MESSAGE_BYTES);
+        let mut events = SseReader::new(response.body, MAX_MESSAGE_BYTES);
         while let Some(event) = events.next_event().await {
             let event = event.map_err(|e| self.protocol(format!("the event stream: {e}")))?;
             if event.data.is_empty() {
@@ -600,6 +609,7 @@ impl Wire {
             };
             if message.method.is_none() {
                 if message.numeric_id() == Some(id) {
+                    super::post::drain(events.into_inner());
                     return message.into_outcome().ok_or_else(|| {
                         self.protocol("the answer has no `result` or `error`".into())
                     });
@@ -616,17 +626,15 @@ impl Wire {
 
     /// Pass a large JSON answer on as it arrives: wait for its `result` (or `error`) to begin,
     /// then hand the rest to a task that forwards the value's bytes.
-    async fn stream_answer(&self, response: reqwest::Response) -> Result<Outcome, UpstreamError> {
-        let mut body = response.bytes_stream();
+    async fn stream_answer(&self, response: Reply) -> Result<Outcome, UpstreamError> {
+        let mut body = response.body;
         let mut scanner = MemberScanner::new();
         let mut skipped = 0usize;
         let (member, first) = loop {
             let chunk = match body.next().await {
                 Some(Ok(chunk)) => chunk,
                 Some(Err(e)) => {
-                    return Err(
-                        self.protocol(format!("reading the answer failed: {}", error_chain(e)))
-                    );
+                    return Err(self.protocol(format!("reading the answer failed: {e}")));
                 }
                 None => return Err(self.protocol("the answer has no `result` or `error`".into())),
             };
@@ -651,13 +659,13 @@ impl Wire {
                 loop {
                     if scanner.is_done() {
                         flag.store(scanner.is_error(), Ordering::Relaxed);
+                        super::post::drain(body);
                         return None;
                     }
                     let chunk = match body.next().await {
                         Some(Ok(chunk)) => chunk,
                         Some(Err(e)) => {
-                            let cut =
-                                format!("the upstream's answer broke off: {}", error_chain(e));
+                            let cut = format!("the upstream's answer broke off: {e}");
                             return Some((Err(cut), None));
                         }
                         None => {
@@ -763,10 +771,10 @@ impl Wire {
                     .get(self.url.clone())
                     .header(ACCEPT, "text/event-stream"),
             );
-            let response = match request.send().await {
-                Ok(r) if r.status().is_success() && is_event_stream(&r) => r,
+            let response = match request.send().await.map(Reply::from_reqwest) {
+                Ok(r) if r.is_success() && r.event_stream => r,
                 Ok(r) => {
-                    tracing::debug!(server = %self.server, status = r.status().as_u16(), "the upstream offers no GET stream");
+                    tracing::debug!(server = %self.server, status = r.status, "the upstream offers no GET stream");
                     return;
                 }
                 Err(e) => {
@@ -775,7 +783,7 @@ impl Wire {
                     continue;
                 }
             };
-            let mut events = SseReader::new(response.bytes_stream(), MAX_MESSAGE_BYTES);
+            let mut events = SseReader::new(response.body, MAX_MESSAGE_BYTES);
             while let Some(Ok(event)) = events.next_event().await {
                 if let Ok(message) = serde_json::from_str::<UpstreamMessage>(&event.data) {
                     let only = self.only_call();
@@ -786,8 +794,8 @@ impl Wire {
         }
     }
 
-    async fn http_error(&self, response: reqwest::Response) -> UpstreamError {
-        let status = response.status().as_u16();
+    async fn http_error(&self, response: Reply) -> UpstreamError {
+        let status = response.status;
         let body = read_text(response).await;
         // Neither clients nor the log get the body: an upstream's error page may echo the
         // request, credentials included.
@@ -814,21 +822,7 @@ pub(crate) fn build_client(
     server: &Arc<str>,
     config: &HttpTransport,
 ) -> Result<(reqwest::Client, reqwest::Url), UpstreamError> {
-    let mut headers = HeaderMap::new();
-    for (name, value) in &config.headers {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::try_from(value.expose()),
-        ) else {
-            return Err(UpstreamError::Connect {
-                server: server.clone(),
-                detail: format!("header `{name}` in the configuration is not a valid HTTP header"),
-            });
-        };
-        let mut value = value;
-        value.set_sensitive(true);
-        headers.insert(name, value);
-    }
+    let headers = configured_headers(server, config)?;
     let url = reqwest::Url::parse(&config.url).map_err(|e| UpstreamError::Connect {
         server: server.clone(),
         detail: format!(
@@ -857,9 +851,9 @@ pub(crate) fn build_client(
     let client = builder
         .default_headers(headers)
         .pool_max_idle_per_host(config.pool_size)
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(super::post::IDLE_TIMEOUT)
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(super::post::CONNECT_TIMEOUT)
         .build()
         .map_err(|e| UpstreamError::Connect {
             server: server.clone(),
@@ -868,7 +862,44 @@ pub(crate) fn build_client(
     Ok((client, url))
 }
 
+/// The headers the configuration adds to every request, marked sensitive (they are often
+/// credentials).
+fn configured_headers(
+    server: &Arc<str>,
+    config: &HttpTransport,
+) -> Result<HeaderMap, UpstreamError> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &config.headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.expose()),
+        ) else {
+            return Err(UpstreamError::Connect {
+                server: server.clone(),
+                detail: format!("header `{name}` in the configuration is not a valid HTTP header"),
+            });
+        };
+        let mut value = value;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    Ok(headers)
+}
+
 impl UpstreamSession {
+    /// The headers that put a POST in this session.
+    fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let mut headers = Vec::with_capacity(2);
+        if let Some(id) = &self.id {
+            headers.push((HeaderName::from_static(SESSION_HEADER), id.clone()));
+        }
+        headers.push((
+            HeaderName::from_static(PROTOCOL_HEADER),
+            self.protocol_version.clone(),
+        ));
+        headers
+    }
+
     fn apply(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         if let Some(id) = &self.id {
             request = request.header(SESSION_HEADER, id.clone());
@@ -877,26 +908,15 @@ impl UpstreamSession {
     }
 }
 
-fn is_event_stream(response: &reqwest::Response) -> bool {
-    response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"))
-}
-
-/// A response body, refused past `limit` bytes.
-pub(crate) async fn read_bounded(
-    response: reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, String> {
-    if response.content_length().is_some_and(|n| n > limit as u64) {
+/// A reply's body, refused past `limit` bytes.
+pub(crate) async fn read_bounded(response: Reply, limit: usize) -> Result<Vec<u8>, String> {
+    if response.content_length.is_some_and(|n| n > limit as u64) {
         return Err(format!("the answer is larger than {limit} bytes"));
     }
-    let mut body = Vec::with_capacity(response.content_length().unwrap_or(1024) as usize);
-    let mut stream = response.bytes_stream();
+    let mut body = Vec::with_capacity(response.content_length.unwrap_or(1024) as usize);
+    let mut stream = response.body;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| format!("reading the answer failed: {}", error_chain(e)))?;
+        let chunk = chunk.map_err(|e| format!("reading the answer failed: {e}"))?;
         if body.len() + chunk.len() > limit {
             return Err(format!("the answer is larger than {limit} bytes"));
         }
@@ -906,7 +926,7 @@ pub(crate) async fn read_bounded(
 }
 
 /// The start of an error body, for messages; never the whole of a large one.
-async fn read_text(response: reqwest::Response) -> String {
+async fn read_text(response: Reply) -> String {
     read_bounded(response, 64 * 1024)
         .await
         .map(|b| String::from_utf8_lossy(&b).into_owned())

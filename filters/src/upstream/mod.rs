@@ -18,6 +18,7 @@
 pub mod answer;
 pub mod http;
 mod mux;
+mod post;
 pub mod sse;
 pub mod stateless;
 pub mod stdio;

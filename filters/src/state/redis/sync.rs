@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use super::shared::{RedisShared, resend_safe};
 
 /// The shortest time between two exchanges of one counter.
-const MIN_GAP: std::time::Duration = std::time::Duration::from_millis(5);
+const MIN_GAP: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Counters kept in memory and shared through Redis.
 pub(super) trait Counter: Send + Sync + 'static {
@@ -46,7 +46,7 @@ pub(super) fn spawn<C: Counter>(shared: Arc<RedisShared>, counter: Weak<C>) {
         let mut tick = tokio::time::interval(shared.sync_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Under load, counts wait a little to go together: one exchange per counter every
-        // few milliseconds at most, not one per request (that cost the request threads CPU).
+        // millisecond at most, not one per request (that cost the request threads CPU).
         let gap = MIN_GAP.min(shared.sync_interval());
         let mut last = tokio::time::Instant::now();
         loop {
