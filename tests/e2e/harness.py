@@ -574,6 +574,7 @@ class CountingRelay:
         self.target_port = target_port
         self.accepted = 0
         self._writers: set[asyncio.StreamWriter] = set()
+        self._doomed: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="counting-relay", daemon=True)
@@ -600,6 +601,10 @@ class CountingRelay:
         async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 while data := await reader.read(65536):
+                    if client_w in self._doomed:
+                        client_w.close()
+                        upstream_w.close()
+                        return
                     writer.write(data)
                     await writer.drain()
             except (ConnectionError, OSError):
@@ -611,6 +616,15 @@ class CountingRelay:
                     pass
 
         await asyncio.gather(pipe(client_r, upstream_w), pipe(upstream_r, client_w))
+
+    def drop_on_next_request(self) -> None:
+        """Every connection open now is closed when its next request arrives, unanswered: an
+        upstream that timed out an idle keep-alive connection just as a request was sent on it."""
+
+        def doom() -> None:
+            self._doomed |= set(self._writers)
+
+        self._loop.call_soon_threadsafe(doom)
 
     def close(self) -> None:
         async def shutdown() -> None:

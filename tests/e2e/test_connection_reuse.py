@@ -39,3 +39,20 @@ def test_sequential_calls_reuse_upstream_connections(relayed_gateway, relay):
     assert relay.accepted <= MAX_UPSTREAM_CONNECTIONS, (
         f"the relay accepted {relay.accepted} upstream connections for {CALLS} sequential calls"
     )
+
+
+def test_calls_after_the_upstream_closed_pooled_connections(relayed_gateway, relay):
+    """The upstream closes a pooled connection just as a call is sent on it (its keep-alive
+    timeout ran out meanwhile): nothing was answered, so the call is sent again on a new
+    connection and succeeds."""
+    with httpx.Client(timeout=60) as http:
+        client = relayed_gateway.client(client=http)
+        client.initialize()
+        for i in range(20):
+            message = client.call_tool("remote__echo", {"message": f"before-{i}"})
+            assert "result" in message, f"call {i} failed: {message}"
+            relay.drop_on_next_request()
+            message = client.call_tool("remote__echo", {"message": f"after-{i}"})
+            assert "result" in message, f"call {i} after the close failed: {message}"
+            assert message["result"]["content"] == [{"type": "text", "text": f"Echo: after-{i}"}], message
+    assert relay.accepted >= 20, f"only {relay.accepted} connections: the closes did not happen"
