@@ -1,8 +1,8 @@
 //! Writing a [`filters`](sluice_filters) response through a Pingora session: a whole body at
 //! once, or server-sent events as they come.
 
-use bytes::Bytes;
-use futures::StreamExt;
+use bytes::{Bytes, BytesMut};
+use futures::{FutureExt, StreamExt};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -48,29 +48,69 @@ pub async fn write(session: &mut Session, response: Response) -> Result<()> {
     }
 }
 
-/// Write a body piece by piece as it comes; a body that breaks off closes the connection, so
-/// the client sees an error rather than a truncated answer that looks complete.
+/// Write a body piece by piece as it comes; pieces already waiting go out together, as one
+/// chunk (Pingora writes and flushes each chunk: one system call each). A body that breaks off
+/// closes the connection, so the client sees an error rather than a truncated answer that looks
+/// complete.
 async fn write_stream(session: &mut Session, mut body: BodyStream) -> Result<()> {
+    // What the last gathering took from the body that was not a piece (its end or an error).
+    let mut taken: Option<Option<std::result::Result<Bytes, String>>> = None;
     loop {
-        tokio::select! {
-            piece = body.next() => match piece {
-                Some(Ok(piece)) => {
-                    if session.write_response_body(Some(piece), false).await.is_err() {
-                        return client_gone(session);
-                    }
-                }
-                Some(Err(reason)) => {
-                    return Error::e_explain(ErrorType::ReadError, reason);
-                }
-                None => break,
+        let item = match taken.take() {
+            Some(item) => item,
+            None => tokio::select! {
+                item = body.next() => item,
+                _ = session.downstream_session.read_body_or_idle(true) => return client_gone(session),
             },
-            _ = session.downstream_session.read_body_or_idle(true) => return client_gone(session),
+        };
+        match item {
+            Some(Ok(piece)) => {
+                let (piece, after) = gather(piece, &mut body);
+                taken = after;
+                if session
+                    .write_response_body(Some(piece), false)
+                    .await
+                    .is_err()
+                {
+                    return client_gone(session);
+                }
+            }
+            Some(Err(reason)) => {
+                return Error::e_explain(ErrorType::ReadError, reason);
+            }
+            None => break,
         }
     }
     if session.write_response_body(None, true).await.is_err() {
         return client_gone(session);
     }
     Ok(())
+}
+
+/// Most bytes one write gathers.
+const GATHER_UP_TO: usize = 256 * 1024;
+
+/// `first` and the pieces that are ready right after it, joined (never waiting for one); and
+/// what ended the gathering if it was not a piece.
+fn gather(
+    first: Bytes,
+    body: &mut BodyStream,
+) -> (Bytes, Option<Option<std::result::Result<Bytes, String>>>) {
+    let mut joined: Option<BytesMut> = None;
+    let mut taken = None;
+    while joined.as_ref().map_or(first.len(), BytesMut::len) < GATHER_UP_TO {
+        match body.next().now_or_never() {
+            Some(Some(Ok(next))) => joined
+                .get_or_insert_with(|| BytesMut::from(&first[..]))
+                .extend_from_slice(&next),
+            Some(other) => {
+                taken = Some(other);
+                break;
+            }
+            None => break,
+        }
+    }
+    (joined.map_or(first, BytesMut::freeze), taken)
 }
 
 async fn write_events(session: &mut Session, mut events: mpsc::Receiver<Bytes>) -> Result<()> {
