@@ -7,8 +7,8 @@
 //! Why Sluice calls the upstream itself instead of letting Pingora proxy the request
 //! (design.md §2, "the hot path"): calls from many downstream sessions share one upstream
 //! session, so Sluice must give each call its own request id and map the answer back, and it
-//! must pick the one answer out of an SSE stream; both need the answer in hand. The hop still
-//! runs on Pingora's connector and pool where it can, so it costs what the floor's does.
+//! must pick the one answer out of an SSE stream; both need the answer in hand. Where it
+//! can, the hop still runs on Pingora's connector and pool, as the floor's does.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

@@ -3,7 +3,7 @@
 //! Plain HTTP to an IP address (the usual case: a tool server beside the gateway) goes out on
 //! Pingora's own connector and connection pool, written and read by the calling task itself.
 //! reqwest's pooled client (hyper) hands each request to a connection task over a channel and
-//! the answer back over another: two task wake-ups per call, which were the largest part of
+//! the answer back over another: two task wake-ups per call, the largest single part of
 //! what Sluice cost over the bare Pingora floor (perf/RESULTS.md, 2026-12-02). HTTPS, host
 //! names and URLs with credentials in them stay on reqwest, which verifies certificates against
 //! the system roots and `ca_file`, resolves names per connection and sends userinfo.
@@ -70,7 +70,7 @@ impl Reply {
 
 /// Read what is left of a body whose reader has what it needed, so that its connection can be
 /// reused: at once when it has arrived (the usual case: an upstream ends its event stream right
-/// after the answer), else in the background for a short while, a few KB at most.
+/// after the answer), else in the background for at most a second and 64 KB.
 pub(crate) fn drain(mut body: BoxStream<'static, Result<Bytes, String>>) {
     for _ in 0..DRAIN_CHUNKS {
         match body.next().now_or_never() {
