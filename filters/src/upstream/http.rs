@@ -119,8 +119,7 @@ impl HttpConnection {
         announcements: Arc<Announcements>,
         era: UpstreamEra,
     ) -> Result<Self, UpstreamError> {
-        let (client, url) = build_client(&server, config)?;
-        let headers = configured_headers(&server, config)?;
+        let (client, url, headers) = build_client(&server, config)?;
         let poster = Poster::new(client.clone(), url.clone(), &headers, config.pool_size);
         let listen = CancellationToken::new();
         Ok(HttpConnection {
@@ -816,12 +815,13 @@ impl Wire {
     }
 }
 
-/// The pooled client and parsed URL for an HTTP upstream (Streamable HTTP or legacy SSE):
-/// the configured headers, and the configured CA file trusted besides the system roots.
+/// The pooled client, parsed URL and configured headers of an HTTP upstream (Streamable HTTP
+/// or legacy SSE); the client sends the headers and trusts the configured CA file besides the
+/// system roots.
 pub(crate) fn build_client(
     server: &Arc<str>,
     config: &HttpTransport,
-) -> Result<(reqwest::Client, reqwest::Url), UpstreamError> {
+) -> Result<(reqwest::Client, reqwest::Url, HeaderMap), UpstreamError> {
     let headers = configured_headers(server, config)?;
     let url = reqwest::Url::parse(&config.url).map_err(|e| UpstreamError::Connect {
         server: server.clone(),
@@ -849,7 +849,7 @@ pub(crate) fn build_client(
         }
     }
     let client = builder
-        .default_headers(headers)
+        .default_headers(headers.clone())
         .pool_max_idle_per_host(config.pool_size)
         .pool_idle_timeout(super::post::IDLE_TIMEOUT)
         .tcp_nodelay(true)
@@ -859,7 +859,7 @@ pub(crate) fn build_client(
             server: server.clone(),
             detail: format!("cannot build the HTTP client: {e}"),
         })?;
-    Ok((client, url))
+    Ok((client, url, headers))
 }
 
 /// The headers the configuration adds to every request, marked sensitive (they are often
@@ -901,10 +901,10 @@ impl UpstreamSession {
     }
 
     fn apply(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        if let Some(id) = &self.id {
-            request = request.header(SESSION_HEADER, id.clone());
+        for (name, value) in self.headers() {
+            request = request.header(name, value);
         }
-        request.header(PROTOCOL_HEADER, self.protocol_version.clone())
+        request
     }
 }
 

@@ -34,7 +34,7 @@ impl SseConnection {
         timeout: Duration,
         announcements: Arc<Announcements>,
     ) -> Result<Self, UpstreamError> {
-        let (client, url) = build_client(&server, config)?;
+        let (client, url, _) = build_client(&server, config)?;
         let connect_error = |detail: String| UpstreamError::Connect {
             server: server.clone(),
             detail,
