@@ -621,10 +621,10 @@ class CountingRelay:
         """Every connection open now is closed when its next request arrives, unanswered: an
         upstream that timed out an idle keep-alive connection just as a request was sent on it."""
 
-        def doom() -> None:
-            self._doomed |= set(self._writers)
+        async def doom() -> None:
+            self._doomed = set(self._writers)
 
-        self._loop.call_soon_threadsafe(doom)
+        asyncio.run_coroutine_threadsafe(doom(), self._loop).result(10)
 
     def close(self) -> None:
         async def shutdown() -> None:
