@@ -680,6 +680,9 @@ def parse_args() -> argparse.Namespace:
                    help="comma-separated subset of small,large,list")
     p.add_argument("--duration", type=float,
                    help="seconds of each measured run (default: 60 small, 30 large and list)")
+    p.add_argument("--rate", type=int,
+                   help="requests per second of every scenario (default: 5000 small, 1000 large, "
+                        "200 list); a low rate shows the latency of a gateway that is mostly idle")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each run")
     p.add_argument("--connections", type=int, default=64, help="oha connections (-c)")
     p.add_argument("--threads", type=int, default=2,
@@ -735,8 +738,11 @@ def main() -> int:
         scenarios = [dataclasses.replace(s, rate=100, duration=3) for s in scenarios
                      if s.tool == "small"]
         args.connections, args.warmup, args.no_search = 8, 0.5, True
-    elif args.duration:
-        scenarios = [dataclasses.replace(s, duration=args.duration) for s in scenarios]
+    else:
+        if args.duration:
+            scenarios = [dataclasses.replace(s, duration=args.duration) for s in scenarios]
+        if args.rate:
+            scenarios = [dataclasses.replace(s, rate=args.rate) for s in scenarios]
 
     work = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
     print(f"logs and request files in {work}", flush=True)

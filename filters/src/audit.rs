@@ -30,8 +30,7 @@ const QUEUE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 /// One audited request.
 #[derive(Debug, Serialize)]
 pub struct AuditRecord {
-    /// RFC 3339, milliseconds, UTC.
-    pub time: String,
+    pub time: Timestamp,
     /// The JSON-RPC id of the request, as sent; for a call a Code Mode script made,
     /// `<parent id>.<n>`.
     pub request_id: String,
@@ -41,7 +40,7 @@ pub struct AuditRecord {
     /// A fingerprint of the session id (the id itself is a credential of sorts).
     pub session: String,
     pub key: String,
-    pub method: String,
+    pub method: &'static str,
     pub server: Option<String>,
     pub tool: Option<String>,
     pub argument_bytes: usize,
@@ -67,7 +66,7 @@ pub struct AuditRecord {
 /// One LLM request.
 #[derive(Debug, Serialize)]
 pub struct LlmRecord {
-    pub time: String,
+    pub time: Timestamp,
     /// This record's id; tool calls the response asked for name it as `llm_request_id`.
     pub request_id: String,
     pub key: String,
@@ -157,12 +156,10 @@ impl AuditRecord {
     fn weight(&self) -> usize {
         let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
         std::mem::size_of::<Self>()
-            + self.time.len()
             + self.request_id.len()
             + text(&self.parent)
             + self.session.len()
             + self.key.len()
-            + self.method.len()
             + text(&self.server)
             + text(&self.tool)
             + text(&self.error)
@@ -403,8 +400,21 @@ fn rotate(mut out: BufWriter<File>, rotation: &Rotation) -> Result<File, AuditEr
 }
 
 /// Current time for records.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+/// When a record was made; written as RFC 3339 (milliseconds, UTC) by the writer thread, off
+/// the request path.
+#[derive(Debug, Clone, Copy)]
+pub struct Timestamp(std::time::SystemTime);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Timestamp(std::time::SystemTime::now())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
 }
 
 #[cfg(test)]
@@ -413,12 +423,12 @@ mod tests {
 
     fn record(i: usize) -> AuditRecord {
         AuditRecord {
-            time: now_rfc3339(),
+            time: Timestamp::now(),
             request_id: i.to_string(),
             parent: None,
             session: "s".into(),
             key: "alice".into(),
-            method: "tools/call".into(),
+            method: "tools/call",
             server: Some("everything".into()),
             tool: Some("everything__echo".into()),
             argument_bytes: 10,

@@ -127,24 +127,17 @@ pub fn nests_deeper_than(json: &[u8], max: usize) -> bool {
 
 /// Parse one JSON-RPC message from `body`.
 pub fn parse(body: &[u8]) -> Result<Message<'_>, ParseError> {
-    // Tell "not JSON" from "JSON of the wrong shape" so each gets its own error code.
-    let raw: &RawValue = serde_json::from_slice(body).map_err(ParseError::NotJson)?;
-    if nests_deeper_than(raw.get().as_bytes(), MAX_DEPTH) {
+    // The usual body, a JSON object, is read once, straight into its members; any other is
+    // read again only to say what is wrong with it. (The object check comes first: serde
+    // would also read a struct from an array, by position.)
+    let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let wire = match object.then(|| serde_json::from_slice::<Wire<'_>>(body)) {
+        Some(Ok(wire)) => wire,
+        _ => return Err(what_is_wrong(body)),
+    };
+    if nests_deeper_than(body, MAX_DEPTH) {
         return Err(ParseError::TooDeep);
     }
-    let text = raw.get().trim_start();
-    if text.starts_with('[') {
-        return Err(ParseError::NotJsonRpc(
-            "batches are not supported; send one JSON-RPC message per request",
-        ));
-    }
-    if !text.starts_with('{') {
-        return Err(ParseError::NotJsonRpc(
-            "a JSON-RPC message is a JSON object",
-        ));
-    }
-    let wire: Wire<'_> = serde_json::from_str(raw.get())
-        .map_err(|_| ParseError::NotJsonRpc("`jsonrpc`, `id`, `method` have the wrong types"))?;
     if wire.jsonrpc != Some("2.0") {
         return Err(ParseError::NotJsonRpc("`jsonrpc` must be \"2.0\""));
     }
@@ -168,6 +161,28 @@ pub fn parse(body: &[u8]) -> Result<Message<'_>, ParseError> {
         result: wire.result,
         error: wire.error,
     })
+}
+
+/// Why `body`, which is not a JSON object with members of the right types, cannot be parsed:
+/// "not JSON" and "JSON of the wrong shape" each get their own error code.
+fn what_is_wrong(body: &[u8]) -> ParseError {
+    let raw: &RawValue = match serde_json::from_slice(body) {
+        Ok(raw) => raw,
+        Err(e) => return ParseError::NotJson(e),
+    };
+    if nests_deeper_than(raw.get().as_bytes(), MAX_DEPTH) {
+        return ParseError::TooDeep;
+    }
+    let text = raw.get().trim_start();
+    if text.starts_with('[') {
+        return ParseError::NotJsonRpc(
+            "batches are not supported; send one JSON-RPC message per request",
+        );
+    }
+    if !text.starts_with('{') {
+        return ParseError::NotJsonRpc("a JSON-RPC message is a JSON object");
+    }
+    ParseError::NotJsonRpc("`jsonrpc`, `id`, `method` have the wrong types")
 }
 
 /// `{"jsonrpc":"2.0","id":<id>,"result":<result>}` where `result` is already serialized.
@@ -267,6 +282,28 @@ mod tests {
                 .code(),
             code::INVALID_REQUEST
         );
+    }
+
+    #[test]
+    fn only_an_object_is_a_message() {
+        // serde would read the struct from an array by position.
+        let by_position = parse(br#"["2.0", 1, "ping"]"#);
+        assert_eq!(
+            by_position.err().map(|e| e.code()),
+            Some(code::INVALID_REQUEST)
+        );
+        assert_eq!(
+            parse(b"  \"text\"").unwrap_err().code(),
+            code::INVALID_REQUEST
+        );
+        assert_eq!(
+            parse(br#"{"jsonrpc":"2.0","id":1,"method":"ping"} x"#)
+                .unwrap_err()
+                .code(),
+            code::PARSE_ERROR
+        );
+        let spaced = parse(b" \n{\"jsonrpc\":\"2.0\",\"id\":\"a\",\"method\":\"ping\"}\n").unwrap();
+        assert_eq!(spaced.method, Some("ping"));
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl Gateway {
             }
         };
         let limit = admission.max_body_bytes();
-        let too_large = transport::too_large(limit);
+        let too_large = || transport::too_large(limit);
         let body = match read_body(session, limit, self.limits.body_timeout, too_large).await {
             Ok(body) => body,
             Err(NoBody::Refused(refusal)) => {
@@ -94,7 +94,7 @@ impl Gateway {
                 return Ok(());
             }
         };
-        // The pipeline borrows the head while the connection is watched for the client going
+        // The pipeline reads the head while the connection is watched for the client going
         // away (which drops the pipeline's future and so cancels its upstream call).
         let head = session.req_header();
         let (method, headers) = (head.method.clone(), head.headers.clone());
@@ -127,20 +127,20 @@ pub(crate) enum NoBody {
     ClientGone,
 }
 
-/// Read a request body of at most `limit` bytes within `timeout`; `too_large` is the answer
-/// to a larger one.
+/// Read a request body of at most `limit` bytes within `timeout`; `too_large` makes the answer
+/// to a larger one (only then: building it costs a formatted message).
 pub(crate) async fn read_body(
     session: &mut Session,
     limit: usize,
     timeout: Duration,
-    too_large: Response,
+    too_large: impl FnOnce() -> Response,
 ) -> std::result::Result<BytesMut, NoBody> {
     let read = async {
         let mut body = BytesMut::new();
         loop {
             match session.read_request_body().await {
                 Ok(Some(chunk)) if body.len() + chunk.len() > limit => {
-                    return Err(NoBody::Refused(too_large));
+                    return Err(NoBody::Refused(too_large()));
                 }
                 Ok(Some(chunk)) => body.extend_from_slice(&chunk),
                 Ok(None) => return Ok(body),
@@ -156,7 +156,7 @@ pub(crate) async fn read_body(
 
 /// The size of a request head as it came: request line and headers.
 fn head_bytes(head: &pingora::http::RequestHeader) -> usize {
-    let line = head.method.as_str().len() + head.uri.to_string().len() + 12;
+    let line = head.method.as_str().len() + head.raw_path().len() + 12;
     head.headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)

@@ -125,10 +125,7 @@ pub async fn serve(
     };
     // Pingora keeps up to 64 KiB of the body for retries: enough for the fast path.
     session.downstream_session.enable_retry_buffering();
-    let body = match read_body(
-        session,
-        admission.max_body_bytes(),
-        body_timeout,
+    let body = match read_body(session, admission.max_body_bytes(), body_timeout, || {
         llm::refusal(
             api.format(),
             http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -136,8 +133,8 @@ pub async fn serve(
                 "the request body is larger than {} bytes (`llm.max_body_bytes`)",
                 admission.max_body_bytes()
             ),
-        ),
-    )
+        )
+    })
     .await
     {
         Ok(body) => body.freeze(),

@@ -37,7 +37,7 @@ use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::audit::{AuditLog, LlmAttempt, LlmRecord, ToolUseRef, now_rfc3339};
+use crate::audit::{AuditLog, LlmAttempt, LlmRecord, Timestamp, ToolUseRef};
 use crate::auth::{KeyEntry, KeyStore};
 use crate::mcp::Response;
 use crate::metrics::Metrics;
@@ -454,7 +454,7 @@ impl LlmEndpoint {
         http_status: u16,
     ) -> LlmRecord {
         LlmRecord {
-            time: now_rfc3339(),
+            time: Timestamp::now(),
             request_id: self.next_record_id(),
             key: admission.key.name.to_string(),
             method: admission.api.label(),
@@ -631,7 +631,7 @@ impl LlmEndpoint {
             })
         });
         self.services.audit.record(LlmRecord {
-            time: now_rfc3339(),
+            time: Timestamp::now(),
             request_id: plan.record_id,
             key: key.name.to_string(),
             method: plan.admission.api.label(),

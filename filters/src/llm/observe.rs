@@ -405,7 +405,10 @@ fn carries_nothing_observed(event: &Event) -> bool {
     match event.event.as_str() {
         "ping" => true,
         "content_block_delta" => {
-            memchr::memmem::find(event.data.as_bytes(), b"partial_json").is_none()
+            // A searcher is costly to build: built once.
+            static PARTIAL_JSON: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+                std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"partial_json"));
+            PARTIAL_JSON.find(event.data.as_bytes()).is_none()
         }
         _ => false,
     }

@@ -5,11 +5,12 @@
 //! audit log and the metrics however it ends.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use memchr::memmem;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -18,7 +19,7 @@ use super::http::Response;
 use super::methods::Context;
 use super::modern;
 use super::relay::{self, Caller, Ending, Forward, Progress};
-use crate::audit::{AuditRecord, now_rfc3339};
+use crate::audit::{AuditRecord, Timestamp};
 use crate::catalog::{Kind, resource_grant_name};
 use crate::jsonrpc::{self, code};
 use crate::upstream::answer::Member;
@@ -129,12 +130,12 @@ impl Ledger {
             }
         }
         self.services.audit.record(AuditRecord {
-            time: now_rfc3339(),
+            time: Timestamp::now(),
             request_id: self.request_id.clone(),
             parent: self.parent.clone(),
             session: self.session.clone(),
             key: self.key.to_string(),
-            method: self.method.to_string(),
+            method: self.method,
             server: work.server.map(|s| s.to_string()),
             tool: work.tool,
             argument_bytes: work.argument_bytes,
@@ -1155,31 +1156,35 @@ pub(super) fn is_error_result(result: &RawValue) -> bool {
         #[serde(rename = "isError", default)]
         is_error: bool,
     }
-    serde_json::from_str::<Flag>(result.get()).is_ok_and(|f| f.is_error)
+    // Most results do not say: those are not parsed. (A searcher is costly to build.)
+    static IS_ERROR: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"isError\""));
+    IS_ERROR.find(result.get().as_bytes()).is_some()
+        && serde_json::from_str::<Flag>(result.get()).is_ok_and(|f| f.is_error)
 }
 
 /// The params sent upstream: the upstream's tool name, the caller's arguments and `_meta` as
-/// they came.
+/// they came (copied as they are, not parsed again).
 pub fn forward_params(
     upstream_name: &str,
     arguments: Option<&RawValue>,
     meta: Option<&RawValue>,
 ) -> Box<RawValue> {
-    let mut out =
-        String::with_capacity(32 + upstream_name.len() + arguments.map_or(0, |a| a.get().len()));
-    out.push_str("{\"name\":");
-    out.push_str(&serde_json::Value::from(upstream_name).to_string());
-    if let Some(arguments) = arguments {
-        out.push_str(",\"arguments\":");
-        out.push_str(arguments.get());
+    #[derive(Serialize)]
+    struct Forwarded<'a> {
+        name: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        arguments: Option<&'a RawValue>,
+        #[serde(rename = "_meta", skip_serializing_if = "Option::is_none")]
+        meta: Option<&'a RawValue>,
     }
-    if let Some(meta) = meta {
-        out.push_str(",\"_meta\":");
-        out.push_str(meta.get());
-    }
-    out.push('}');
-    // Built from valid JSON parts, so this cannot fail; fall back to a bare name regardless.
-    RawValue::from_string(out).unwrap_or_else(|_| {
+    let forwarded = Forwarded {
+        name: upstream_name,
+        arguments,
+        meta,
+    };
+    // Writing a string and two raw values cannot fail; fall back to a bare name regardless.
+    serde_json::value::to_raw_value(&forwarded).unwrap_or_else(|_| {
         serde_json::value::to_raw_value(&serde_json::json!({ "name": upstream_name }))
             .unwrap_or_default()
     })

@@ -270,7 +270,7 @@ impl McpEndpoint {
     /// Stages 4 to 7 for an admitted request, body read.
     pub async fn serve(&self, admission: Admission, request: Request<'_>) -> Response {
         self.services.upstreams.started().await;
-        match self.run(admission, request).await {
+        match crate::upstream::serve_request(self.run(admission, request)).await {
             Ok(response) | Err(response) => response,
         }
     }

@@ -8,8 +8,10 @@
 //! version of the new era (a malformed request of that era, answered with that era's errors).
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use http::{HeaderMap, StatusCode};
+use memchr::memmem;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -85,9 +87,12 @@ pub fn is_modern(headers: &HeaderMap, message: &Message<'_>) -> bool {
         .is_some_and(|v| is_dated_version(v.trim()) && v.trim() >= VERSIONS[VERSIONS.len() - 1]);
     header_modern
         || message.method == Some("server/discover")
-        || message
-            .params
-            .is_some_and(|p| p.get().contains(META_VERSION) && meta_version(p).is_some())
+        || message.params.is_some_and(|p| {
+            // A searcher is costly to build: built once.
+            static FINDER: LazyLock<memmem::Finder<'static>> =
+                LazyLock::new(|| memmem::Finder::new(META_VERSION));
+            FINDER.find(p.get().as_bytes()).is_some() && meta_version(p).is_some()
+        })
 }
 
 /// `YYYY-MM-DD`, the shape of every MCP version; anything else in the header is not a claim

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use http::StatusCode;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -125,7 +125,7 @@ impl Drop for Finisher {
 struct Running {
     call:
         std::pin::Pin<Box<dyn std::future::Future<Output = Result<Outcome, UpstreamError>> + Send>>,
-    events: mpsc::Receiver<Event>,
+    events: Events,
     finisher: Finisher,
     translator: Translator,
     server: Arc<str>,
@@ -142,7 +142,7 @@ pub(super) async fn relay(caller: Caller<'_>, forward: Forward, finish: Finish) 
     };
     let (events_tx, events) = mpsc::channel(EVENTS_PER_CALL);
     let options = CallOptions {
-        events: Some(events_tx),
+        events: Some(events_tx.clone()),
         stream_answer: forward.stream_answer,
         param_headers: forward.param_headers,
         progress_token: forward.progress.as_ref().map(|p| p.upstream.clone()),
@@ -171,7 +171,10 @@ pub(super) async fn relay(caller: Caller<'_>, forward: Forward, finish: Finish) 
     };
     let running = Running {
         call,
-        events,
+        events: Events {
+            queue: events,
+            kept_open: Some(events_tx),
+        },
         finisher,
         translator,
         server,
@@ -215,6 +218,25 @@ pub(super) async fn resume(
     drive(caller, parked.running).await
 }
 
+/// A call's queue of events. The call's end drops its sender; were that the last one, the
+/// channel would wake the task waiting on the queue, which is the task running the call at
+/// that moment: the scheduler then runs it once more for nothing, on the other worker thread
+/// (a cross-thread wake-up per call, seen as most of Sluice's added latency at a low rate;
+/// perf/RESULTS.md, 2026-12-02). So the relay keeps a sender open until the queue is dropped,
+/// and first leaves no waker behind.
+struct Events {
+    queue: mpsc::Receiver<Event>,
+    kept_open: Option<mpsc::Sender<Event>>,
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        // Polled with a no-op waker, the receiver forgets the task's one.
+        let _ = self.queue.recv().now_or_never();
+        self.kept_open.take();
+    }
+}
+
 /// What the next step of a call is.
 enum Step {
     Answered(Result<Outcome, UpstreamError>),
@@ -230,7 +252,7 @@ async fn next_step(running: &mut Running, cancelled: &super::live::TrackedCall) 
         biased;
         outcome = &mut running.call => Step::Answered(outcome),
         () = cancelled.cancelled() => Step::Cancelled,
-        Some(event) = running.events.recv() => Step::Event(event),
+        Some(event) = running.events.queue.recv() => Step::Event(event),
     }
 }
 
@@ -245,7 +267,7 @@ async fn drive(caller: Caller<'_>, mut running: Running) -> Response {
         match next_step(&mut running, &tracked).await {
             Step::Answered(outcome) => {
                 // Events sent just before the answer are still queued: they go first.
-                sent.extend(running.translator.drain(&mut running.events));
+                sent.extend(running.translator.drain(&mut running.events.queue));
                 let outcome = match outcome {
                     Ok(Outcome::Streamed(answer)) if sent.is_empty() => {
                         return json_stream(id, answer, running.finisher);
@@ -317,7 +339,7 @@ async fn drive(caller: Caller<'_>, mut running: Running) -> Response {
             };
             match step {
                 Step::Answered(outcome) => {
-                    for event in running.translator.drain(&mut running.events) {
+                    for event in running.translator.drain(&mut running.events.queue) {
                         if out.send(event).await.is_err() {
                             return;
                         }
@@ -380,7 +402,7 @@ async fn gather(running: &mut Running, first: ServerRequest) -> Vec<(String, Ser
     loop {
         tokio::select! {
             biased;
-            Some(event) = running.events.recv() => {
+            Some(event) = running.events.queue.recv() => {
                 if let Translated::Ask(request) = running.translator.translate(event) {
                     questions.push(request);
                 }

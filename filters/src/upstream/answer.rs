@@ -187,7 +187,10 @@ impl MemberScanner {
 const TAIL: usize = 32;
 
 fn says_is_error(bytes: &[u8]) -> bool {
-    memchr::memmem::find_iter(bytes, b"\"isError\"").any(|at| {
+    // A searcher is costly to build: built once.
+    static IS_ERROR: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"isError\""));
+    IS_ERROR.find_iter(bytes).any(|at| {
         let rest = skip_space(&bytes[at + 9..]);
         rest.first() == Some(&b':') && skip_space(&rest[1..]).starts_with(b"true")
     })

@@ -30,6 +30,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub use post::serve_request;
 pub use supervisor::{Health, ServerChanges, Upstream, Upstreams};
 
 /// How many events of one call may wait for the downstream writer; a caller that reads slower

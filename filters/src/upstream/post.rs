@@ -37,6 +37,25 @@ const DRAIN_CHUNKS: usize = 8;
 const DRAIN_BYTES: usize = 64 * 1024;
 const DRAIN_TIME: Duration = Duration::from_secs(1);
 
+tokio::task_local! {
+    /// Set while a client's request is served (see [`serve_request`]).
+    static SERVING_A_REQUEST: ();
+}
+
+/// Run `request` as the serving of a client's request: its upstream connections come from, and
+/// go back to, the pool of the runtime that serves requests. A connection stays registered with
+/// the runtime that opened it: one that a background sync opened (on Pingora's background
+/// runtime) and that a request then reused would have that runtime's thread woken for every
+/// read and then wake a request thread in turn, two thread wake-ups per call (at a low rate,
+/// every call used such a connection; perf/RESULTS.md, 2026-12-02).
+pub async fn serve_request<F: std::future::Future>(request: F) -> F::Output {
+    SERVING_A_REQUEST.scope((), request).await
+}
+
+fn serving_a_request() -> bool {
+    SERVING_A_REQUEST.try_with(|_| ()).is_ok()
+}
+
 /// What Sluice reads of an upstream's reply: the head's few facts, and the body as it arrives.
 pub(crate) struct Reply {
     pub status: u16,
@@ -154,7 +173,10 @@ impl Poster {
 /// POSTs on Pingora's HTTP/1.1 connector and pool.
 pub(crate) struct PingoraPoster {
     connector: Connector,
+    /// The upstream as requests reach it; `background` is the same upstream in another pool
+    /// (see [`serve_request`]).
     peer: HttpPeer,
+    background: HttpPeer,
     path: String,
     /// `Host`, then the configured headers and the fixed ones, sent with every request.
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -175,6 +197,8 @@ impl PingoraPoster {
         let address = SocketAddr::new(ip, url.port_or_known_default()?);
         let mut peer = HttpPeer::new(address, false, String::new());
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        let mut background = peer.clone();
+        background.group_key = 1;
         let host = match url.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
@@ -193,6 +217,7 @@ impl PingoraPoster {
         Some(PingoraPoster {
             connector: Connector::new(Some(ConnectorOptions::new(pool_size.max(1)))),
             peer,
+            background,
             path,
             headers,
         })
@@ -203,16 +228,21 @@ impl PingoraPoster {
         headers: &[(HeaderName, HeaderValue)],
         body: Vec<u8>,
     ) -> Result<Reply, String> {
+        let pool = if serving_a_request() {
+            Pool::Requests
+        } else {
+            Pool::Background
+        };
         let mut tries = 0;
         loop {
             tries += 1;
             let (mut session, reused) = self
                 .connector
-                .get_http_session(&self.peer)
+                .get_http_session(self.peer(pool))
                 .await
                 .map_err(|e| format!("cannot connect: {e}"))?;
             match self.exchange(&mut session, headers, &body).await {
-                Ok(()) => return Ok(self.reply(session).await),
+                Ok(()) => return Ok(self.reply(session, pool).await),
                 // A pooled connection the upstream has closed meanwhile: nothing was read, so
                 // the request is sent again on another one (as Pingora's proxy does).
                 Err(_) if reused && tries < STALE_TRIES => continue,
@@ -266,7 +296,7 @@ impl PingoraPoster {
 
     /// The reply, its body read as it is asked for; the connection goes back to the pool as
     /// soon as the body is complete, even if the reader stops before the end.
-    async fn reply(self: &Arc<Self>, mut session: HttpSession) -> Reply {
+    async fn reply(self: &Arc<Self>, mut session: HttpSession, pool: Pool) -> Reply {
         let (status, event_stream, content_length, session_id) = match session.resp_header() {
             Some(head) => (
                 head.status.as_u16(),
@@ -280,7 +310,7 @@ impl PingoraPoster {
             None => (502, false, None, None),
         };
         let body = if session.is_body_done() {
-            self.release(session).await;
+            self.release(session, pool).await;
             futures::stream::empty().boxed()
         } else {
             let poster = self.clone();
@@ -290,12 +320,12 @@ impl PingoraPoster {
                     let mut session = state?;
                     match session.read_body_bytes().await {
                         Ok(Some(chunk)) if session.is_body_done() => {
-                            poster.release(session).await;
+                            poster.release(session, pool).await;
                             Some((Ok(chunk), None))
                         }
                         Ok(Some(chunk)) => Some((Ok(chunk), Some(session))),
                         Ok(None) => {
-                            poster.release(session).await;
+                            poster.release(session, pool).await;
                             None
                         }
                         Err(e) => Some((Err(format!("reading the answer failed: {e}")), None)),
@@ -313,11 +343,25 @@ impl PingoraPoster {
         }
     }
 
-    async fn release(&self, session: HttpSession) {
+    async fn release(&self, session: HttpSession, pool: Pool) {
         self.connector
-            .release_http_session(session, &self.peer, Some(IDLE_TIMEOUT))
+            .release_http_session(session, self.peer(pool), Some(IDLE_TIMEOUT))
             .await;
     }
+
+    fn peer(&self, pool: Pool) -> &HttpPeer {
+        match pool {
+            Pool::Requests => &self.peer,
+            Pool::Background => &self.background,
+        }
+    }
+}
+
+/// Which of an upstream's connection pools a POST uses (see [`serve_request`]).
+#[derive(Debug, Clone, Copy)]
+enum Pool {
+    Requests,
+    Background,
 }
 
 #[cfg(test)]
