@@ -67,7 +67,7 @@ async fn prepare(
     index: usize,
 ) -> std::result::Result<AttemptCtx, String> {
     let attempt = llm.attempt(plan, index).map_err(|e| e.to_string())?;
-    let peer = resolve(&attempt).await?;
+    let peer = resolve(llm, &attempt).await?;
     Ok(AttemptCtx {
         attempt,
         peer,
@@ -399,23 +399,18 @@ async fn drain(session: &mut Session, mut rx: tokio::sync::mpsc::Receiver<HttpTa
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, write).await;
 }
 
-/// The provider's address, resolved now (names are looked up off the request threads).
-async fn resolve(attempt: &Attempt) -> std::result::Result<SocketAddr, String> {
+/// The provider's address (see [`sluice_filters::llm::resolve`]).
+async fn resolve(llm: &LlmEndpoint, attempt: &Attempt) -> std::result::Result<SocketAddr, String> {
     let address = &attempt.outgoing.address;
-    let mut found = tokio::net::lookup_host((address.host.as_str(), address.port))
+    llm.resolver()
+        .resolve(&address.host, address.port)
         .await
         .map_err(|e| {
             format!(
                 "cannot resolve `{}` of provider `{}`: {e}",
                 address.host, attempt.provider
             )
-        })?;
-    found.next().ok_or_else(|| {
-        format!(
-            "`{}` of provider `{}` has no address",
-            address.host, attempt.provider
-        )
-    })
+        })
 }
 
 /// The attempt a subrequest was created for, taken from its context.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 
 import anthropic
 import httpx
@@ -446,6 +447,28 @@ def test_fallback_on_connect_error_and_timeout(fresh):
     message = client.messages.create(model=CLAUDE, max_tokens=50, messages=MESSAGES)
     assert text_of(message) == hello("openai", BACKUP_MODEL)
     assert [r["kind"] for r in fake.of()] == ["anthropic", "openai"]
+
+
+def test_provider_by_host_name(fresh):
+    """A provider named by host name (as real ones are) is looked up and served; the name is
+    cached, so repeated requests keep working (`filters/src/llm/resolve.rs`)."""
+    if socket.getaddrinfo("localhost", None)[0][4][0] != "127.0.0.1":
+        pytest.skip("localhost does not resolve to 127.0.0.1 first here")
+    fake, start = fresh
+    named = {"name": "named", "kind": "anthropic",
+             "base_url": fake.base_url.replace("127.0.0.1", "localhost"),
+             "api_key": DEFAULT_ANTHROPIC_KEY}
+    assert "localhost" in named["base_url"]
+    gateway = start(extra_providers=[named], extra_routes=[
+        {"models": ["claude-named"], "targets": [{"provider": "named"}]},
+    ])
+    client = sluice_anthropic(gateway)
+    for _ in range(3):
+        raw = client.messages.with_raw_response.create(model="claude-named", max_tokens=50,
+                                                       messages=MESSAGES)
+        served_by(raw.headers, "named", "claude-named")
+        assert text_of(raw.parse())
+    assert [r["kind"] for r in fake.of()] == ["anthropic"] * 3
 
 
 def test_all_targets_failing_anthropic_client(fresh):

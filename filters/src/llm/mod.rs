@@ -22,6 +22,7 @@ pub mod budget;
 pub mod links;
 pub mod observe;
 pub mod provider;
+pub mod resolve;
 pub mod routes;
 pub mod shape;
 pub mod translate;
@@ -114,6 +115,7 @@ pub struct LlmEndpoint {
     policy: ArcSwap<Policy>,
     health: routes::Health,
     services: LlmServices,
+    resolver: resolve::Resolver,
     /// Record ids: a per-process prefix and a counter.
     id_prefix: String,
     next_id: AtomicU64,
@@ -254,6 +256,7 @@ impl LlmEndpoint {
             policy: ArcSwap::from_pointee(Policy::new(config)),
             health: routes::Health::default(),
             services,
+            resolver: resolve::Resolver::default(),
             id_prefix: prefix.iter().map(|b| format!("{b:02x}")).collect(),
             next_id: AtomicU64::new(1),
         }
@@ -262,6 +265,11 @@ impl LlmEndpoint {
     /// Apply a new configuration; requests in flight finish on the old one.
     pub fn reload(&self, config: &sluice_conf::Config) {
         self.policy.store(Arc::new(Policy::new(config)));
+    }
+
+    /// Providers' addresses (looked up at most every 30 s per host).
+    pub fn resolver(&self) -> &resolve::Resolver {
+        &self.resolver
     }
 
     pub fn links(&self) -> &Arc<ToolUseBook> {
