@@ -221,9 +221,8 @@ pub(super) async fn resume(
 /// A call's queue of events. The call's end drops its sender; were that the last one, the
 /// channel would wake the task waiting on the queue, which is the task running the call at
 /// that moment: the scheduler then runs it once more for nothing, on the other worker thread
-/// (a cross-thread wake-up per call, seen as most of Sluice's added latency at a low rate;
-/// perf/RESULTS.md, 2026-12-02). So the relay keeps a sender open until the queue is dropped,
-/// and first leaves no waker behind.
+/// (0.6 cross-thread wake-ups per call at a low rate; perf/RESULTS.md, 2026-12-02 10:52). So
+/// the relay keeps a sender open until the queue is dropped, and first leaves no waker behind.
 struct Events {
     queue: mpsc::Receiver<Event>,
     kept_open: Option<mpsc::Sender<Event>>,

@@ -367,6 +367,7 @@ enum Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora_core::upstreams::peer::Peer;
 
     fn poster(url: &str) -> Option<PingoraPoster> {
         let url = reqwest::Url::parse(url).expect("url");
@@ -380,6 +381,17 @@ mod tests {
         assert_eq!(p.headers[0].1, "127.0.0.1:8080");
         let p = poster("http://[::1]/mcp").expect("pingora");
         assert_eq!(p.headers[0].1, "[::1]");
+    }
+
+    #[tokio::test]
+    async fn requests_and_background_work_use_separate_pools() {
+        assert!(!serving_a_request());
+        assert!(serve_request(async { serving_a_request() }).await);
+        let p = poster("http://127.0.0.1:8080/mcp").expect("pingora");
+        assert_ne!(
+            p.peer(Pool::Requests).reuse_hash(),
+            p.peer(Pool::Background).reuse_hash()
+        );
     }
 
     #[test]
