@@ -399,7 +399,6 @@ fn rotate(mut out: BufWriter<File>, rotation: &Rotation) -> Result<File, AuditEr
     open_append(&rotation.path)
 }
 
-/// Current time for records.
 /// When a record was made; written as RFC 3339 (milliseconds, UTC) by the writer thread, off
 /// the request path.
 #[derive(Debug, Clone, Copy)]

@@ -5,11 +5,10 @@
 //! audit log and the metrics however it ends.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use memchr::memmem;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -1156,10 +1155,10 @@ pub(super) fn is_error_result(result: &RawValue) -> bool {
         #[serde(rename = "isError", default)]
         is_error: bool,
     }
-    // Most results do not say: those are not parsed. (A searcher is costly to build.)
-    static IS_ERROR: LazyLock<memmem::Finder<'static>> =
-        LazyLock::new(|| memmem::Finder::new(b"\"isError\""));
-    IS_ERROR.find(result.get().as_bytes()).is_some()
+    // Most results do not say: those are not parsed.
+    crate::upstream::answer::IS_ERROR
+        .find(result.get().as_bytes())
+        .is_some()
         && serde_json::from_str::<Flag>(result.get()).is_ok_and(|f| f.is_error)
 }
 

@@ -186,10 +186,11 @@ impl MemberScanner {
 /// Bytes kept from the end of one piece to find a member split across two.
 const TAIL: usize = 32;
 
+/// Finds the member name `"isError"` (a searcher is costly to build: built once).
+pub(crate) static IS_ERROR: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"isError\""));
+
 fn says_is_error(bytes: &[u8]) -> bool {
-    // A searcher is costly to build: built once.
-    static IS_ERROR: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"isError\""));
     IS_ERROR.find_iter(bytes).any(|at| {
         let rest = skip_space(&bytes[at + 9..]);
         rest.first() == Some(&b':') && skip_space(&rest[1..]).starts_with(b"true")
