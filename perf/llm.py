@@ -322,6 +322,8 @@ def parse_args() -> argparse.Namespace:
                    help="comma-separated subset of direct,floor,sluice (direct is required)")
     p.add_argument("--duration", type=float, help="seconds of each measured run (default 10)")
     p.add_argument("--rates", help="comma-separated rates, for both kinds (default 500,2000)")
+    p.add_argument("--kinds", default="non-streamed,streamed",
+                   help="comma-separated subset of non-streamed,streamed (default: both)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each run")
     p.add_argument("--connections", type=int, default=64, help="load generator connections")
     p.add_argument("--threads", type=int, default=2,
@@ -354,7 +356,8 @@ def scenarios(args) -> list[Scenario]:
         chosen = [Scenario(stream, rate, 10) for stream in (False, True) for rate in rates]
     if args.duration:
         chosen = [dataclasses.replace(s, duration=args.duration) for s in chosen]
-    return chosen
+    kinds = set(args.kinds.split(","))
+    return [s for s in chosen if ("streamed" if s.stream else "non-streamed") in kinds]
 
 
 def main() -> int:

@@ -46,7 +46,7 @@ pub struct RequestCtx {
     upstream_time: Option<Duration>,
     /// Set on the subrequests that make LLM attempts, and on a main session that makes them
     /// itself (see [`crate::llm`]).
-    attempt: Option<AttemptCtx>,
+    attempt: Option<Box<AttemptCtx>>,
     /// An LLM request whose attempts run on this session.
     fast: Option<Box<FastPath>>,
 }
@@ -211,14 +211,17 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(Some(self.limits.idle_timeout.as_secs()));
         }
         ctx.route = route(session.req_header().uri.path());
+        // The handlers' futures are boxed: inline, they would make this future (which Pingora
+        // boxes and so copies whole for every request) several kilobytes large.
         match ctx.route {
-            Route::Mcp => self.serve_mcp(session, ctx).await?,
+            Route::Mcp => Box::pin(self.serve_mcp(session, ctx)).await?,
             Route::Llm(api) if self.llm.is_configured() => {
-                match crate::llm::serve(&self.llm, session, api, self.limits.body_timeout).await? {
+                let served = crate::llm::serve(&self.llm, session, api, self.limits.body_timeout);
+                match Box::pin(served).await? {
                     Served::Answered(upstream_time) => ctx.upstream_time = upstream_time,
                     Served::Proxy(fast, attempt) => {
                         ctx.fast = Some(fast);
-                        ctx.attempt = Some(*attempt);
+                        ctx.attempt = Some(attempt);
                         return Ok(false);
                     }
                 }
@@ -240,7 +243,7 @@ impl ProxyHttp for Gateway {
     ) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if let Some(fast) = ctx.fast.take() {
-            ctx.upstream_time = Some(fast.finish(&self.llm, ctx.attempt.as_ref(), status));
+            ctx.upstream_time = Some(fast.finish(&self.llm, ctx.attempt.as_deref(), status));
         } else if ctx.attempt.is_some() {
             // An LLM attempt's subrequest: the request it serves is counted.
             return;
@@ -262,7 +265,7 @@ impl ProxyHttp for Gateway {
         if let (Some(fast), Some(current)) = (ctx.fast.as_mut(), ctx.attempt.as_ref())
             && fast.is_falling_back()
         {
-            match fast.advance(&self.llm, current).await {
+            match Box::pin(fast.advance(&self.llm, current)).await {
                 Some(next) => ctx.attempt = Some(next),
                 None => {
                     return Error::e_explain(

@@ -60,19 +60,20 @@ impl Report {
     }
 }
 
-/// The request for target `index` of `plan`, its provider's address resolved.
+/// The request for target `index` of `plan`, its provider's address resolved. Boxed: it is
+/// kept in the request's context, which Pingora moves around.
 async fn prepare(
     llm: &LlmEndpoint,
     plan: &Plan,
     index: usize,
-) -> std::result::Result<AttemptCtx, String> {
+) -> std::result::Result<Box<AttemptCtx>, String> {
     let attempt = llm.attempt(plan, index).map_err(|e| e.to_string())?;
     let peer = resolve(llm, &attempt).await?;
-    Ok(AttemptCtx {
+    Ok(Box::new(AttemptCtx {
         attempt,
         peer,
         report: Arc::default(),
-    })
+    }))
 }
 
 /// An attempt, as the subrequest that makes it sees it.
@@ -148,8 +149,7 @@ pub async fn serve(
             return Ok(Served::Answered(None));
         }
     };
-    let headers = session.req_header().headers.clone();
-    let mut plan = match llm.plan(admission, &headers, body) {
+    let mut plan = match llm.plan(admission, &session.req_header().headers, body) {
         Planned::Answer(response) => {
             respond::write(session, response).await?;
             return Ok(Served::Answered(None));
@@ -164,7 +164,7 @@ pub async fn serve(
             falling_back: false,
         });
         if let Some(attempt) = fast.next_attempt(llm, 0).await {
-            return Ok(Served::Proxy(fast, Box::new(attempt)));
+            return Ok(Served::Proxy(fast, attempt));
         }
         plan = fast.plan;
         let response = plan.unreachable("no provider could be tried");
@@ -181,7 +181,7 @@ pub async fn serve(
 impl FastPath {
     /// The first attempt from target `from` on that can be prepared (a target whose request
     /// cannot be built or whose address cannot be resolved is recorded and skipped).
-    async fn next_attempt(&mut self, llm: &LlmEndpoint, from: usize) -> Option<AttemptCtx> {
+    async fn next_attempt(&mut self, llm: &LlmEndpoint, from: usize) -> Option<Box<AttemptCtx>> {
         for index in from..self.plan.len() {
             let started = Instant::now();
             match prepare(llm, &self.plan, index).await {
@@ -216,7 +216,11 @@ impl FastPath {
 
     /// Pingora asks for a peer again after a failed attempt: account for it and prepare the
     /// next target.
-    pub async fn advance(&mut self, llm: &LlmEndpoint, current: &AttemptCtx) -> Option<AttemptCtx> {
+    pub async fn advance(
+        &mut self,
+        llm: &LlmEndpoint,
+        current: &AttemptCtx,
+    ) -> Option<Box<AttemptCtx>> {
         self.falling_back = false;
         let end = current.end();
         llm.attempt_ended(&mut self.plan, self.index, &end, self.started.elapsed());
@@ -314,7 +318,7 @@ enum Piped {
 async fn run_attempt(
     session: &mut Session,
     client_body: Bytes,
-    attempt: AttemptCtx,
+    attempt: Box<AttemptCtx>,
     may_fall_back: bool,
 ) -> Piped {
     let Some(spawner) = session.subrequest_spawner.as_ref() else {
@@ -414,12 +418,12 @@ async fn resolve(llm: &LlmEndpoint, attempt: &Attempt) -> std::result::Result<So
 }
 
 /// The attempt a subrequest was created for, taken from its context.
-pub fn take_attempt(session: &mut Session) -> Option<AttemptCtx> {
+pub fn take_attempt(session: &mut Session) -> Option<Box<AttemptCtx>> {
     session
         .subrequest_ctx
         .as_mut()?
         .user_ctx_mut()?
-        .downcast_mut::<Option<AttemptCtx>>()?
+        .downcast_mut::<Option<Box<AttemptCtx>>>()?
         .take()
 }
 

@@ -116,7 +116,7 @@ pub struct LlmEndpoint {
     health: routes::Health,
     services: LlmServices,
     resolver: resolve::Resolver,
-    /// Record ids: a per-process prefix and a counter.
+    /// Record ids: a per-process prefix (`llm-` and 8 hex digits, `-`) and a counter.
     id_prefix: String,
     next_id: AtomicU64,
 }
@@ -257,7 +257,13 @@ impl LlmEndpoint {
             health: routes::Health::default(),
             services,
             resolver: resolve::Resolver::default(),
-            id_prefix: prefix.iter().map(|b| format!("{b:02x}")).collect(),
+            id_prefix: format!(
+                "llm-{}-",
+                prefix
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            ),
             next_id: AtomicU64::new(1),
         }
     }
@@ -439,11 +445,13 @@ impl LlmEndpoint {
 
     /// A new LLM record id: this instance's prefix and a counter.
     fn next_record_id(&self) -> String {
-        format!(
-            "llm-{}-{}",
-            self.id_prefix,
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        )
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(n);
+        let mut id = String::with_capacity(self.id_prefix.len() + digits.len());
+        id.push_str(&self.id_prefix);
+        id.push_str(digits);
+        id
     }
 
     /// A request answered here (a local token count), in the audit log.

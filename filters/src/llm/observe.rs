@@ -5,7 +5,11 @@
 //! [`MAX_TOOL_INPUT`] bytes (beyond that, the call is dropped from what is observed), and at
 //! most [`MAX_TOOL_USES`] calls are kept.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::translate::Format;
 use super::translate::sse::{Event, SseError, SseParser};
@@ -57,38 +61,91 @@ pub struct Observed {
     pub error: Option<String>,
 }
 
+/// `v.pointer(pointer)` for the fixed pointers used here (no `~` escapes), without the
+/// allocations `Value::pointer` makes for every token.
+fn at<'v>(v: &'v Value, pointer: &str) -> Option<&'v Value> {
+    pointer.split('/').skip(1).try_fold(v, |v, token| match v {
+        Value::Object(map) => map.get(token),
+        Value::Array(list) => token.parse::<usize>().ok().and_then(|i| list.get(i)),
+        _ => None,
+    })
+}
+
 fn u64_at(v: &Value, pointer: &str) -> u64 {
-    v.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
+    at(v, pointer).and_then(Value::as_u64).unwrap_or(0)
 }
 
 fn string_at(v: &Value, pointer: &str) -> Option<String> {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .map(str::to_owned)
+    at(v, pointer).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// The token counts a usage object may carry, under either format's names. A count that is
+/// not an unsigned integer reads as 0, as does a usage that is not an object.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Counts {
+    #[serde(deserialize_with = "count")]
+    input_tokens: u64,
+    #[serde(deserialize_with = "count")]
+    output_tokens: u64,
+    #[serde(deserialize_with = "count")]
+    cache_read_input_tokens: u64,
+    #[serde(deserialize_with = "count")]
+    cache_creation_input_tokens: u64,
+    #[serde(deserialize_with = "count")]
+    prompt_tokens: u64,
+    #[serde(deserialize_with = "count")]
+    completion_tokens: u64,
+    /// `prompt_tokens_details.cached_tokens`.
+    #[serde(rename = "prompt_tokens_details", deserialize_with = "cached_count")]
+    cached_tokens: u64,
+}
+
+fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(Value::deserialize(d)?.as_u64().unwrap_or(0))
+}
+
+fn cached_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(u64_at(&Value::deserialize(d)?, "/cached_tokens"))
+}
+
+impl Counts {
+    fn of(usage: &Value) -> Counts {
+        Counts::deserialize(usage).unwrap_or_default()
+    }
+
+    fn anthropic(&self) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cache_read_tokens: self.cache_read_input_tokens,
+            cache_write_tokens: self.cache_creation_input_tokens,
+        }
+    }
+
+    /// OpenAI counts cached tokens inside `prompt_tokens`. Cache writes are not an OpenAI
+    /// field; gateways translating from Anthropic (Sluice among them) add
+    /// `cache_creation_input_tokens`.
+    fn openai(&self) -> Usage {
+        let (cached, written) = (self.cached_tokens, self.cache_creation_input_tokens);
+        Usage {
+            input_tokens: self
+                .prompt_tokens
+                .saturating_sub(cached)
+                .saturating_sub(written),
+            output_tokens: self.completion_tokens,
+            cache_read_tokens: cached,
+            cache_write_tokens: written,
+        }
+    }
 }
 
 fn anthropic_usage(usage: &Value) -> Usage {
-    Usage {
-        input_tokens: u64_at(usage, "/input_tokens"),
-        output_tokens: u64_at(usage, "/output_tokens"),
-        cache_read_tokens: u64_at(usage, "/cache_read_input_tokens"),
-        cache_write_tokens: u64_at(usage, "/cache_creation_input_tokens"),
-    }
+    Counts::of(usage).anthropic()
 }
 
-/// OpenAI counts cached tokens inside `prompt_tokens`. Cache writes are not an OpenAI field;
-/// gateways translating from Anthropic (Sluice among them) add `cache_creation_input_tokens`.
 fn openai_usage(usage: &Value) -> Usage {
-    let cached = u64_at(usage, "/prompt_tokens_details/cached_tokens");
-    let written = u64_at(usage, "/cache_creation_input_tokens");
-    Usage {
-        input_tokens: u64_at(usage, "/prompt_tokens")
-            .saturating_sub(cached)
-            .saturating_sub(written),
-        output_tokens: u64_at(usage, "/completion_tokens"),
-        cache_read_tokens: cached,
-        cache_write_tokens: written,
-    }
+    Counts::of(usage).openai()
 }
 
 /// Tool call arguments as JSON; empty means `{}`; invalid JSON is kept as a string.
@@ -100,7 +157,134 @@ fn parse_input(raw: &str) -> Value {
 }
 
 /// Reads a complete non-streamed response body of `format` (the format the client receives).
+///
+/// The fields observed are read without building the rest of the body (text blocks are
+/// skipped over, not copied); a body that does not read that way (not an object, duplicate
+/// keys) is read whole, which gives the same answer.
 pub fn observe_body(format: Format, body: &[u8]) -> Observed {
+    let is_object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    match serde_json::from_slice::<Fields>(body) {
+        Ok(fields) if is_object => fields.observe(format),
+        _ => observe_value(format, body),
+    }
+}
+
+/// The fields of a response body that are observed, each kept as its raw JSON.
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stop_reason: Option<&'a RawValue>,
+    #[serde(borrow)]
+    content: Option<Vec<&'a RawValue>>,
+    #[serde(borrow)]
+    choices: Option<Vec<&'a RawValue>>,
+}
+
+/// An Anthropic content block: only a `tool_use` block is read further.
+#[derive(Deserialize)]
+struct Block<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+}
+
+/// An OpenAI choice: why it finished, and its message's tool calls.
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow)]
+    finish_reason: Option<&'a RawValue>,
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    tool_calls: Option<&'a RawValue>,
+}
+
+/// A raw JSON value read as `T`, `None` when it is not one.
+fn read<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>) -> Option<T> {
+    serde_json::from_str(raw?.get()).ok()
+}
+
+/// A raw JSON value, `Null` when absent or unreadable.
+fn value(raw: Option<&RawValue>) -> Value {
+    read(raw).unwrap_or(Value::Null)
+}
+
+impl Fields<'_> {
+    fn observe(self, format: Format) -> Observed {
+        let mut seen = Observed {
+            response_id: read(self.id),
+            ..Observed::default()
+        };
+        if let Some(error) = self.error {
+            let error = value(Some(error));
+            seen.error = Some(string_at(&error, "/message").unwrap_or_else(|| error.to_string()));
+        }
+        let counts: Counts = read(self.usage).unwrap_or_default();
+        match format {
+            Format::Anthropic => {
+                seen.usage = counts.anthropic();
+                seen.stop_reason = read(self.stop_reason);
+                for block in self.content.into_iter().flatten() {
+                    let is_tool_use = serde_json::from_str::<Block>(block.get())
+                        .is_ok_and(|b| b.kind.as_deref() == Some("tool_use"));
+                    if is_tool_use {
+                        let block = value(Some(block));
+                        seen.tool_uses.push(ToolUse {
+                            id: string_at(&block, "/id").unwrap_or_default(),
+                            name: string_at(&block, "/name").unwrap_or_default(),
+                            input: block.get("input").cloned().unwrap_or(Value::Null),
+                        });
+                    }
+                }
+            }
+            Format::OpenAi => {
+                seen.usage = counts.openai();
+                let first = self.choices.as_ref().and_then(|c| c.first());
+                let choice = first.and_then(|c| serde_json::from_str::<Choice>(c.get()).ok());
+                if let Some(choice) = choice {
+                    seen.stop_reason = read(choice.finish_reason);
+                    let message = choice
+                        .message
+                        .and_then(|m| serde_json::from_str::<Message>(m.get()).ok());
+                    if let Some(calls) = message.and_then(|m| m.tool_calls) {
+                        seen.tool_uses = openai_tool_calls(&value(Some(calls)));
+                    }
+                }
+            }
+        }
+        seen.tool_uses.truncate(MAX_TOOL_USES);
+        seen
+    }
+}
+
+/// OpenAI `tool_calls`, as tool uses.
+fn openai_tool_calls(calls: &Value) -> Vec<ToolUse> {
+    let calls = calls.as_array().map(Vec::as_slice).unwrap_or_default();
+    calls
+        .iter()
+        .map(|call| ToolUse {
+            id: string_at(call, "/id").unwrap_or_default(),
+            name: string_at(call, "/function/name").unwrap_or_default(),
+            input: parse_input(
+                at(call, "/function/arguments")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+            ),
+        })
+        .collect()
+}
+
+/// [`observe_body`] by way of a whole [`Value`].
+fn observe_value(format: Format, body: &[u8]) -> Observed {
     let mut seen = Observed::default();
     let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
@@ -110,7 +294,7 @@ pub fn observe_body(format: Format, body: &[u8]) -> Observed {
         }
     };
     seen.response_id = string_at(&v, "/id");
-    if let Some(error) = v.get("error") {
+    if let Some(error) = v.get("error").filter(|e| !e.is_null()) {
         seen.error = Some(string_at(error, "/message").unwrap_or_else(|| error.to_string()));
     }
     match format {
@@ -131,19 +315,8 @@ pub fn observe_body(format: Format, body: &[u8]) -> Observed {
         Format::OpenAi => {
             seen.usage = openai_usage(v.get("usage").unwrap_or(&Value::Null));
             seen.stop_reason = string_at(&v, "/choices/0/finish_reason");
-            let calls = v
-                .pointer("/choices/0/message/tool_calls")
-                .and_then(Value::as_array);
-            for call in calls.into_iter().flatten() {
-                seen.tool_uses.push(ToolUse {
-                    id: string_at(call, "/id").unwrap_or_default(),
-                    name: string_at(call, "/function/name").unwrap_or_default(),
-                    input: parse_input(
-                        call.pointer("/function/arguments")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default(),
-                    ),
-                });
+            if let Some(calls) = at(&v, "/choices/0/message/tool_calls") {
+                seen.tool_uses = openai_tool_calls(calls);
             }
         }
     }
@@ -238,7 +411,7 @@ impl StreamObserver {
             "message_start" => {
                 self.seen.response_id = string_at(&data, "/message/id");
                 self.latest_usage(anthropic_usage(
-                    data.pointer("/message/usage").unwrap_or(&Value::Null),
+                    at(&data, "/message/usage").unwrap_or(&Value::Null),
                 ));
             }
             "content_block_start" => {
@@ -261,7 +434,7 @@ impl StreamObserver {
                 }
             }
             "content_block_delta" => {
-                if let Some(piece) = data.pointer("/delta/partial_json").and_then(Value::as_str) {
+                if let Some(piece) = at(&data, "/delta/partial_json").and_then(Value::as_str) {
                     self.append(index, piece);
                 }
             }
@@ -316,17 +489,14 @@ impl StreamObserver {
             if let Some(reason) = string_at(choice, "/finish_reason") {
                 self.seen.stop_reason = Some(reason);
             }
-            let calls = choice
-                .pointer("/delta/tool_calls")
-                .and_then(Value::as_array);
+            let calls = at(choice, "/delta/tool_calls").and_then(Value::as_array);
             for call in calls.into_iter().flatten() {
                 let id = string_at(call, "/id").filter(|id| !id.is_empty());
                 let key = match call.get("index").and_then(Value::as_u64) {
                     Some(index) => index,
                     None => self.implied_key(id.as_deref()),
                 };
-                let piece = call
-                    .pointer("/function/arguments")
+                let piece = at(call, "/function/arguments")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 if self.pending.iter().any(|p| p.key == key) {
@@ -531,6 +701,41 @@ mod tests {
         assert_eq!(seen.usage, Usage::default());
         let seen = observe_body(A, b"[1,2]");
         assert_eq!(seen.usage, Usage::default());
+    }
+
+    #[test]
+    fn the_field_reader_agrees_with_the_whole_reader() {
+        let bodies = [
+            r#"{"id": "msg_\u00e9", "content": [{"type": "text", "text": "a \"quoted\" \n text"},
+                {"type": "tool_use", "id": "t1", "name": "n", "input": {"deep": [1, {"x": null}]}},
+                {"type": "tool\u005fuse", "id": "t2", "name": "escaped type", "input": {}}],
+                "stop_reason": "tool_use", "usage": {"input_tokens": 3, "output_tokens": 1.5}}"#
+                .to_string(),
+            json!({"id": 7, "error": null, "usage": null, "content": "not blocks"}).to_string(),
+            json!({"error": {"type": "x"}}).to_string(),
+            json!({"choices": [{"finish_reason": "stop", "message": {"content": "hi"}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 2}})
+            .to_string(),
+            json!({"choices": [{"message": {"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{}"}}]}}]})
+                .to_string(),
+            json!({"usage": {"prompt_tokens": 9, "prompt_tokens_details": null, "completion_tokens": "2"}})
+                .to_string(),
+            json!({"usage": {"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": 4}, "cache_creation_input_tokens": -1}})
+                .to_string(),
+            json!({"usage": [1]}).to_string(),
+            r#"{"id": "a", "id": "b"}"#.to_string(),
+            r#"  {"usage": {"input_tokens": 1}}  "#.to_string(),
+            "[1,2]".to_string(),
+        ];
+        for body in &bodies {
+            for format in [A, O] {
+                assert_eq!(
+                    observe_body(format, body.as_bytes()),
+                    observe_value(format, body.as_bytes()),
+                    "{format:?} {body}"
+                );
+            }
+        }
     }
 
     fn anthropic_stream() -> String {

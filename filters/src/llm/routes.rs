@@ -93,18 +93,25 @@ impl Health {
         self.targets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether no target has a failure on record (the usual case: nothing to look up).
+    fn all_well(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     fn cooling(&self, provider: &str, model: &str, now: Instant) -> bool {
-        self.lock()
-            .get(&(provider.to_string(), model.to_string()))
-            .and_then(|h| h.cooling_until)
-            .is_some_and(|until| now < until)
+        let targets = self.lock();
+        !targets.is_empty()
+            && targets
+                .get(&(provider.to_string(), model.to_string()))
+                .and_then(|h| h.cooling_until)
+                .is_some_and(|until| now < until)
     }
 
     /// A target answered well: its failures are forgotten.
     pub fn succeeded(&self, provider: &str, model: &str) {
         let mut targets = self.lock();
-        if let Some(h) = targets.get_mut(&(provider.to_string(), model.to_string())) {
-            *h = TargetHealth::default();
+        if !targets.is_empty() {
+            targets.remove(&(provider.to_string(), model.to_string()));
         }
     }
 
@@ -152,6 +159,9 @@ pub fn order(
             order.retain(|&i| i != first);
             order.insert(0, first);
         }
+    }
+    if health.all_well() {
+        return order.into_iter().take(route.max_attempts.max(1)).collect();
     }
     let now = Instant::now();
     let (ready, cooling): (Vec<usize>, Vec<usize>) = order.into_iter().partition(|&i| {
