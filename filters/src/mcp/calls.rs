@@ -232,15 +232,16 @@ pub(super) async fn tools_call(
             "tools/call `arguments` must be an object".into(),
         );
     }
+    // Code Mode's meta-tools, like `resume` below, are boxed to keep this future small.
     if super::scripts::is_meta_for(context, &params.name) {
-        return super::scripts::meta_call(
+        return Box::pin(super::scripts::meta_call(
             context,
             id,
             &params.name,
             params.arguments,
             ledger,
             work,
-        )
+        ))
         .await;
     }
     let catalog = context.endpoint.upstreams().catalog().load();
@@ -322,7 +323,12 @@ pub(super) async fn tools_call(
         // The retry continues the paused call, which is accounted for when it ends.
         drop(ledger);
         let responses = params.input_responses.unwrap_or_default();
-        return relay::resume(caller(context, id, binding), state, responses).await;
+        return Box::pin(relay::resume(
+            caller(context, id, binding),
+            state,
+            responses,
+        ))
+        .await;
     }
     let ForwardMeta { meta, progress } = forward_meta(params.meta);
     let forwarded = forward_params(&tool.upstream_name, params.arguments, meta.as_deref());

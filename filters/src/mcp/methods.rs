@@ -335,11 +335,17 @@ pub(super) async fn dispatch(context: &Context<'_>, message: &Message<'_>) -> Re
         "resources/templates/list" => json(list_page(context, id, message.params, Kind::Templates)),
         "prompts/list" => json(list_page(context, id, message.params, Kind::Prompts)),
         "tools/call" => calls::tools_call(context, id, message.params).await,
-        "resources/read" => calls::resources_read(context, id, message.params).await,
-        "prompts/get" => calls::prompts_get(context, id, message.params).await,
-        "completion/complete" => calls::complete(context, id, message.params).await,
-        "resources/subscribe" => json(calls::subscribe(context, id, message.params, true).await),
-        "resources/unsubscribe" => json(calls::subscribe(context, id, message.params, false).await),
+        // The other calls are boxed: inline, the largest of them would set the size of every
+        // request's future, which is copied whole when it is boxed (perf/RESULTS.md).
+        "resources/read" => Box::pin(calls::resources_read(context, id, message.params)).await,
+        "prompts/get" => Box::pin(calls::prompts_get(context, id, message.params)).await,
+        "completion/complete" => Box::pin(calls::complete(context, id, message.params)).await,
+        "resources/subscribe" => {
+            json(Box::pin(calls::subscribe(context, id, message.params, true)).await)
+        }
+        "resources/unsubscribe" => {
+            json(Box::pin(calls::subscribe(context, id, message.params, false)).await)
+        }
         "logging/setLevel" => json(calls::set_level(context, id, message.params)),
         method => json(jsonrpc::error_bytes(
             Some(id),

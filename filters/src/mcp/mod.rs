@@ -413,12 +413,12 @@ impl McpEndpoint {
             | "prompts/list"
             | "prompts/get"
             | "completion/complete" => Ok(methods::dispatch(&context, message).await),
-            "tasks/get" | "tasks/update" | "tasks/cancel" => Ok(calls::task(
+            "tasks/get" | "tasks/update" | "tasks/cancel" => Ok(Box::pin(calls::task(
                 &context,
                 id,
                 message.method.unwrap_or_default(),
                 message.params,
-            )
+            ))
             .await),
             method => Err(modern::not_found(Some(id), method)),
         }

@@ -355,14 +355,16 @@ impl HttpConnection {
         options: &CallOptions,
     ) -> Result<Outcome, UpstreamError> {
         let wire = &self.wire;
+        // The rare steps (a handshake, the stateless era) are boxed: inline, they would make
+        // every call's future larger, and it is copied whole into its box.
         let work = async {
             for attempt in 0..2 {
                 let Some(session) = wire.current_session() else {
-                    self.initialize_once(None).await?;
+                    Box::pin(self.initialize_once(None)).await?;
                     continue;
                 };
                 if session.stateless {
-                    return self.request_stateless(method, params, options).await;
+                    return Box::pin(self.request_stateless(method, params, options)).await;
                 }
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let _in_flight = wire.track(id, options);
@@ -382,7 +384,7 @@ impl HttpConnection {
                         SessionCheck::Gone(reason) => {
                             guard.armed = false;
                             tracing::info!(server = %wire.server, "upstream session is gone ({reason}); initializing again");
-                            self.initialize_once(session.id.as_ref()).await?;
+                            Box::pin(self.initialize_once(session.id.as_ref())).await?;
                             continue;
                         }
                         SessionCheck::Alive(response) => {

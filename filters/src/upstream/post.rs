@@ -48,8 +48,13 @@ tokio::task_local! {
 /// runtime) and that a request then reused would have that runtime's thread woken for every
 /// read and then wake a request thread in turn, two thread wake-ups per call (at a low rate,
 /// every call used such a connection; perf/RESULTS.md, 2026-12-02).
-pub async fn serve_request<F: std::future::Future>(request: F) -> F::Output {
-    SERVING_A_REQUEST.scope((), request).await
+///
+/// Not an `async fn`: that would hold `request` twice (as its argument and inside the scope),
+/// doubling the future that every request's is built from.
+pub fn serve_request<F: std::future::Future>(
+    request: F,
+) -> impl std::future::Future<Output = F::Output> {
+    SERVING_A_REQUEST.scope((), request)
 }
 
 fn serving_a_request() -> bool {

@@ -165,9 +165,9 @@ impl Upstream {
         options: &CallOptions,
     ) -> Result<Outcome, UpstreamError> {
         let connection = match options.session {
+            // Boxed: the handshake it may make would otherwise make every call's future larger.
             Some(session) if self.config.session == SessionMode::PerClient => {
-                self.client_connection(session, options.session_expires_at)
-                    .await?
+                Box::pin(self.client_connection(session, options.session_expires_at)).await?
             }
             _ => self
                 .connection
