@@ -461,10 +461,11 @@ impl AttemptCtx {
         Box::new(peer)
     }
 
-    /// Make the request the provider's: path, headers, credentials.
+    /// Make the request the provider's: path, headers, credentials. Its header names are
+    /// sent as they are (lower case) rather than with a second, case-keeping map to maintain.
     pub fn rewrite_request(&self, request: &mut RequestHeader) -> Result<()> {
         let outgoing = &self.attempt.outgoing;
-        let mut rewritten = RequestHeader::build(
+        let mut rewritten = RequestHeader::build_no_case(
             "POST",
             outgoing.path.as_bytes(),
             Some(outgoing.headers.len()),
