@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
@@ -768,10 +768,15 @@ pub fn refusal(format: Format, status: StatusCode, message: &str) -> Response {
 
 /// The client headers passed on to providers that understand them.
 fn client_headers(headers: &HeaderMap) -> HeaderMap {
+    // Names made once: a `&str` name is parsed again on every lookup and insert.
+    static NAMES: [HeaderName; 2] = [
+        HeaderName::from_static("anthropic-version"),
+        HeaderName::from_static("anthropic-beta"),
+    ];
     let mut kept = HeaderMap::new();
-    for name in ["anthropic-version", "anthropic-beta"] {
+    for name in &NAMES {
         if let Some(value) = headers.get(name) {
-            kept.insert(name, value.clone());
+            kept.insert(name.clone(), value.clone());
         }
     }
     kept
