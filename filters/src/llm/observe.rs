@@ -162,9 +162,10 @@ fn parse_input(raw: &str) -> Value {
 /// skipped over, not copied); a body that does not read that way (not an object, duplicate
 /// keys) is read whole, which gives the same answer.
 pub fn observe_body(format: Format, body: &[u8]) -> Observed {
+    // serde would read a struct from an array too, by position: only an object reads as one.
     let is_object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    match serde_json::from_slice::<Fields>(body) {
-        Ok(fields) if is_object => fields.observe(format),
+    match is_object.then(|| serde_json::from_slice::<Fields>(body)) {
+        Some(Ok(fields)) => fields.observe(format),
         _ => observe_value(format, body),
     }
 }
@@ -237,12 +238,7 @@ impl Fields<'_> {
                     let is_tool_use = serde_json::from_str::<Block>(block.get())
                         .is_ok_and(|b| b.kind.as_deref() == Some("tool_use"));
                     if is_tool_use {
-                        let block = value(Some(block));
-                        seen.tool_uses.push(ToolUse {
-                            id: string_at(&block, "/id").unwrap_or_default(),
-                            name: string_at(&block, "/name").unwrap_or_default(),
-                            input: block.get("input").cloned().unwrap_or(Value::Null),
-                        });
+                        seen.tool_uses.push(anthropic_tool_use(&value(Some(block))));
                     }
                 }
             }
@@ -263,6 +259,15 @@ impl Fields<'_> {
         }
         seen.tool_uses.truncate(MAX_TOOL_USES);
         seen
+    }
+}
+
+/// An Anthropic `tool_use` content block, as a tool use.
+fn anthropic_tool_use(block: &Value) -> ToolUse {
+    ToolUse {
+        id: string_at(block, "/id").unwrap_or_default(),
+        name: string_at(block, "/name").unwrap_or_default(),
+        input: block.get("input").cloned().unwrap_or(Value::Null),
     }
 }
 
@@ -304,11 +309,7 @@ fn observe_value(format: Format, body: &[u8]) -> Observed {
             let blocks = v.get("content").and_then(Value::as_array);
             for block in blocks.into_iter().flatten() {
                 if block.get("type").and_then(Value::as_str) == Some("tool_use") {
-                    seen.tool_uses.push(ToolUse {
-                        id: string_at(block, "/id").unwrap_or_default(),
-                        name: string_at(block, "/name").unwrap_or_default(),
-                        input: block.get("input").cloned().unwrap_or(Value::Null),
-                    });
+                    seen.tool_uses.push(anthropic_tool_use(block));
                 }
             }
         }

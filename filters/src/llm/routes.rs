@@ -99,12 +99,10 @@ impl Health {
     }
 
     fn cooling(&self, provider: &str, model: &str, now: Instant) -> bool {
-        let targets = self.lock();
-        !targets.is_empty()
-            && targets
-                .get(&(provider.to_string(), model.to_string()))
-                .and_then(|h| h.cooling_until)
-                .is_some_and(|until| now < until)
+        self.lock()
+            .get(&(provider.to_string(), model.to_string()))
+            .and_then(|h| h.cooling_until)
+            .is_some_and(|until| now < until)
     }
 
     /// A target answered well: its failures are forgotten.
