@@ -8,6 +8,7 @@
 #
 #     perf/callgrind_paths.sh                 # both paths, both proxies (~2 min)
 #     SLUICE_BIN=/tmp/old/sluice perf/callgrind_paths.sh mcp   # another build, one path
+#     KEEP=/tmp/cg perf/callgrind_paths.sh llm   # keep the profiles (callgrind_annotate them)
 #
 # Needs valgrind and release builds of sluice and sluice-perf (built here if missing).
 set -euo pipefail
@@ -156,6 +157,7 @@ PY
     local dump total
     dump=$(ls "$out".* | sort | tail -1)
     total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+    [[ -n ${KEEP:-} ]] && mkdir -p "$KEEP" && cp "$dump" "$KEEP/$path-$proxy.cg"
     result=$((total / requests))
 }
 

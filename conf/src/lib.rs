@@ -526,6 +526,26 @@ mod tests {
     }
 
     #[test]
+    fn provider_headers_must_be_sendable() {
+        let with = |extra: &str| {
+            parse_str(&format!(
+                "listen: [{{address: 127.0.0.1:1}}]\nproviders:\n  - name: p\n    kind: openai\n    base_url: http://h\n{extra}"
+            ))
+        };
+        let err = with("    api_key: \"sk-secret\\r\\nx-evil: 1\"\n").unwrap_err();
+        assert!(
+            err.message.contains("`api_key` holds a line break"),
+            "{err}"
+        );
+        assert!(!err.message.contains("sk-secret"), "{err}");
+        let err = with("    headers: {\"x team\": blue}\n").unwrap_err();
+        assert!(err.message.contains("header `x team`"), "{err}");
+        let err = with("    headers: {x-team: \"blue\\nx\"}\n").unwrap_err();
+        assert!(err.message.contains("header `x-team`"), "{err}");
+        with("    api_key: ${TOKEN}\n    headers: {X-Team: blue}\n").unwrap();
+    }
+
+    #[test]
     fn duplicate_server_is_refused() {
         let err = parse_str("listen: [{address: 127.0.0.1:1}]\nmcp:\n  servers:\n    - name: a\n      stdio: {command: x}\n    - name: a\n      stdio: {command: y}\n").unwrap_err();
         assert!(err.message.contains("used twice"), "{err}");

@@ -330,6 +330,34 @@ pub(crate) fn validate(config: &crate::Config, text: &str) -> Result<(), (Option
             }
             _ => {}
         }
+        // Values are not quoted back: they may be credentials.
+        let credentials = [
+            ("api_key", &provider.api_key),
+            ("access_token", &provider.access_token),
+        ];
+        for (field, value) in credentials {
+            if value.as_ref().is_some_and(|v| !is_header_value(v.expose())) {
+                return Err((
+                    at(),
+                    format!(
+                        "provider `{}`: `{field}` holds a line break or another control character",
+                        provider.name
+                    ),
+                ));
+            }
+        }
+        for (name, value) in &provider.headers {
+            if !is_header_name(name) || !is_header_value(value.expose()) {
+                return Err((
+                    line_of(text, name),
+                    format!(
+                        "provider `{}`: header `{name}` needs a name of letters, digits and \
+                         `-` and a value without line breaks or other control characters",
+                        provider.name
+                    ),
+                ));
+            }
+        }
     }
     for route in &config.routes {
         let at = || line_of(text, "targets");
@@ -399,4 +427,19 @@ pub(crate) fn validate(config: &crate::Config, text: &str) -> Result<(), (Option
         }
     }
     Ok(())
+}
+
+/// An HTTP header name (a token, RFC 9110 §5.1).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// An HTTP header value: no control characters but tab (RFC 9110 §5.5).
+fn is_header_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }

@@ -331,6 +331,8 @@ fn write_loop(shared: &Shared, file: File, rotation: Rotation) {
     let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut out = BufWriter::with_capacity(256 * 1024, file);
     let mut batch = Vec::new();
+    // One line buffer for every record: a fresh one grew through several reallocations each.
+    let mut line = Vec::with_capacity(1024);
     loop {
         let (closed, dropped) = {
             let mut queue = shared.lock();
@@ -349,8 +351,9 @@ fn write_loop(shared: &Shared, file: File, rotation: Rotation) {
             tracing::error!("the audit log could not keep up: {dropped} records were dropped");
         }
         for record in batch.drain(..) {
-            match serde_json::to_vec(&record) {
-                Ok(mut line) => {
+            line.clear();
+            match serde_json::to_writer(&mut line, &record) {
+                Ok(()) => {
                     line.push(b'\n');
                     if let Err(e) = out.write_all(&line) {
                         tracing::error!("audit log write failed: {e}");

@@ -461,19 +461,20 @@ impl AttemptCtx {
         Box::new(peer)
     }
 
-    /// Make the request the provider's: path, headers, credentials. Its header names are
-    /// sent as they are (lower case) rather than with a second, case-keeping map to maintain.
+    /// Make the request the provider's: path, headers, credentials. The head is built as
+    /// `http` parts: header names go out as they are (lower case), without a case-keeping map,
+    /// and without `append_header` parsing each prepared name again.
     pub fn rewrite_request(&self, request: &mut RequestHeader) -> Result<()> {
         let outgoing = &self.attempt.outgoing;
-        let mut rewritten = RequestHeader::build_no_case(
-            "POST",
-            outgoing.path.as_bytes(),
-            Some(outgoing.headers.len()),
-        )?;
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = http::Method::POST;
+        parts.uri = http::Uri::try_from(outgoing.path.as_str())
+            .explain_err(InvalidHTTPHeader, |e| format!("provider path: {e}"))?;
+        parts.headers.reserve(outgoing.headers.len());
         for (name, value) in &outgoing.headers {
-            rewritten.append_header(name.clone(), value.as_str())?;
+            parts.headers.append(name.clone(), value.clone());
         }
-        *request = rewritten;
+        *request = RequestHeader::from(parts);
         Ok(())
     }
 

@@ -5,7 +5,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, Uri};
+use http::header::{ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde_json::Value;
 use sluice_conf::{ProviderKind, Secret};
 
@@ -17,6 +18,8 @@ use crate::llm::translate::{self, Format};
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// What Vertex AI wants in the body instead of a header.
 const VERTEX_ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
+const ANTHROPIC_VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
+const ANTHROPIC_BETA_HEADER: HeaderName = HeaderName::from_static("anthropic-beta");
 
 /// Where a provider listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +46,8 @@ pub struct Outgoing {
     pub address: Address,
     /// Path and query.
     pub path: String,
-    /// Every header to send, `host` included; credentials among them.
-    pub headers: Vec<(String, String)>,
+    /// Every header to send, `host` included; credentials among them (marked sensitive).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
     pub wire: Wire,
 }
@@ -67,23 +70,30 @@ pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
     address: Address,
+    /// `host[:port]`, as the `host` header and a signed URL name it.
+    authority: String,
     /// The base URL's path, without a trailing slash.
     base_path: String,
+    /// The headers that are the same on every request here (host, content type, credentials,
+    /// the configured extras), made once rather than parsed again for every request.
+    fixed_headers: Vec<(HeaderName, HeaderValue)>,
     config: sluice_conf::Provider,
 }
 
-/// A provider whose `base_url` cannot be used.
+/// A provider that cannot be used as configured.
 #[derive(Debug, thiserror::Error)]
-#[error("provider `{name}`: `base_url` {url:?} is not a usable URL")]
-pub struct BadUrl {
-    pub name: String,
-    pub url: String,
+pub enum BadProvider {
+    #[error("provider `{name}`: `base_url` {url:?} is not a usable URL")]
+    Url { name: String, url: String },
+    /// The value is not named: it may be a credential.
+    #[error("provider `{name}`: header `{header}` is not a valid HTTP header name or value")]
+    Header { name: String, header: String },
 }
 
 impl Provider {
-    pub fn new(config: &sluice_conf::Provider) -> Result<Self, BadUrl> {
+    pub fn new(config: &sluice_conf::Provider) -> Result<Self, BadProvider> {
         let url = config.endpoint();
-        let bad = || BadUrl {
+        let bad = || BadProvider::Url {
             name: config.name.clone(),
             url: sluice_conf::redact_url(&url),
         };
@@ -94,11 +104,19 @@ impl Provider {
             _ => return Err(bad()),
         };
         let host = uri.host().ok_or_else(bad)?.to_string();
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let default_port = if tls { 443 } else { 80 };
+        let port = uri.port_u16().unwrap_or(default_port);
+        let authority = if port == default_port {
+            host.clone()
+        } else {
+            format!("{host}:{port}")
+        };
         Ok(Provider {
             name: config.name.clone(),
             kind: config.kind,
+            fixed_headers: fixed_headers(config, &authority)?,
             address: Address { host, port, tls },
+            authority,
             base_path: uri.path().trim_end_matches('/').to_string(),
             config: config.clone(),
         })
@@ -225,52 +243,27 @@ impl Provider {
         })
     }
 
-    /// The headers of a request: host, content type, the provider's credentials, and the
-    /// client headers the provider understands. Never the client's own key.
+    /// The headers of a request: the fixed ones, the length, and the client headers the
+    /// provider understands. Never the client's own key.
     fn headers(
         &self,
         request: &Request<'_>,
         path: &str,
         body: &[u8],
-    ) -> Result<Vec<(String, String)>, PrepareError> {
-        let default_port = if self.address.tls { 443 } else { 80 };
-        let host = if self.address.port == default_port {
-            self.address.host.clone()
-        } else {
-            format!("{}:{}", self.address.host, self.address.port)
-        };
-        let mut headers = vec![
-            ("host".to_string(), host),
-            ("content-type".to_string(), "application/json".to_string()),
-            ("accept-encoding".to_string(), "identity".to_string()),
-            ("content-length".to_string(), body.len().to_string()),
-        ];
-        let secret = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_string());
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, PrepareError> {
+        let mut headers = Vec::with_capacity(self.fixed_headers.len() + 4);
+        headers.extend(self.fixed_headers.iter().cloned());
+        headers.push((CONTENT_LENGTH, HeaderValue::from(body.len())));
         match self.kind {
             ProviderKind::Anthropic => {
-                if let Some(key) = secret(&self.config.api_key) {
-                    headers.push(("x-api-key".into(), key));
-                }
-                let version = client_header(request.headers, "anthropic-version")
-                    .unwrap_or(ANTHROPIC_VERSION);
-                headers.push(("anthropic-version".into(), version.into()));
-                if let Some(beta) = client_header(request.headers, "anthropic-beta") {
-                    headers.push(("anthropic-beta".into(), beta.into()));
-                }
-            }
-            ProviderKind::Openai => {
-                if let Some(key) = secret(&self.config.api_key) {
-                    headers.push(("authorization".into(), format!("Bearer {key}")));
-                }
-            }
-            ProviderKind::AzureOpenai => {
-                if let Some(key) = secret(&self.config.api_key) {
-                    headers.push(("api-key".into(), key));
-                }
-            }
-            ProviderKind::Vertex => {
-                if let Some(token) = secret(&self.config.access_token) {
-                    headers.push(("authorization".into(), format!("Bearer {token}")));
+                let version = request
+                    .headers
+                    .get(ANTHROPIC_VERSION_HEADER)
+                    .cloned()
+                    .unwrap_or(HeaderValue::from_static(ANTHROPIC_VERSION));
+                headers.push((ANTHROPIC_VERSION_HEADER, version));
+                if let Some(beta) = request.headers.get(ANTHROPIC_BETA_HEADER) {
+                    headers.push((ANTHROPIC_BETA_HEADER, beta.clone()));
                 }
             }
             ProviderKind::Bedrock => {
@@ -279,37 +272,129 @@ impl Provider {
                 } else {
                     "application/json"
                 };
-                headers.push(("accept".into(), accept.into()));
+                headers.push((ACCEPT, HeaderValue::from_static(accept)));
+                let signed = self.sign(path, &headers, body)?;
+                headers.extend(signed);
             }
-        }
-        for (name, value) in &self.config.headers {
-            headers.push((name.to_ascii_lowercase(), value.expose().to_string()));
-        }
-        if self.kind == ProviderKind::Bedrock {
-            let credentials = bedrock::Credentials {
-                access_key_id: secret(&self.config.access_key_id).unwrap_or_default(),
-                secret_access_key: secret(&self.config.secret_access_key).unwrap_or_default(),
-                session_token: secret(&self.config.session_token),
-            };
-            let scheme = if self.address.tls { "https" } else { "http" };
-            let url = format!("{scheme}://{}{path}", headers[0].1);
-            let signed = bedrock::sign(
-                &credentials,
-                self.config.region.as_deref().unwrap_or_default(),
-                "POST",
-                &url,
-                &headers,
-                body,
-                SystemTime::now(),
-            )
-            .map_err(|e| PrepareError::Sign {
-                provider: self.name.clone(),
-                reason: e.to_string(),
-            })?;
-            headers.extend(signed);
+            ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::Vertex => {}
         }
         Ok(headers)
     }
+
+    /// Bedrock's SigV4 headers for a request with these headers and body.
+    fn sign(
+        &self,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: &[u8],
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, PrepareError> {
+        let failed = |reason: String| PrepareError::Sign {
+            provider: self.name.clone(),
+            reason,
+        };
+        let secret = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_string());
+        let credentials = bedrock::Credentials {
+            access_key_id: secret(&self.config.access_key_id).unwrap_or_default(),
+            secret_access_key: secret(&self.config.secret_access_key).unwrap_or_default(),
+            session_token: secret(&self.config.session_token),
+        };
+        let texts = headers
+            .iter()
+            .map(|(name, value)| {
+                let value = value
+                    .to_str()
+                    .map_err(|_| failed(format!("header `{name}` is not visible ASCII")))?;
+                Ok((name.as_str().to_string(), value.to_string()))
+            })
+            .collect::<Result<Vec<_>, PrepareError>>()?;
+        let scheme = if self.address.tls { "https" } else { "http" };
+        let url = format!("{scheme}://{}{path}", self.authority);
+        let signed = bedrock::sign(
+            &credentials,
+            self.config.region.as_deref().unwrap_or_default(),
+            "POST",
+            &url,
+            &texts,
+            body,
+            SystemTime::now(),
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        signed
+            .into_iter()
+            .map(|(name, value)| {
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| failed(format!("signed header name `{name}` is not valid")))?;
+                let mut value = HeaderValue::from_str(&value)
+                    .map_err(|_| failed(format!("signed header `{name}` has an invalid value")))?;
+                value.set_sensitive(true);
+                Ok((name, value))
+            })
+            .collect()
+    }
+}
+
+/// The headers that do not change from one request to a provider to the next.
+fn fixed_headers(
+    config: &sluice_conf::Provider,
+    authority: &str,
+) -> Result<Vec<(HeaderName, HeaderValue)>, BadProvider> {
+    let bad = |header: &str| BadProvider::Header {
+        name: config.name.clone(),
+        header: header.to_string(),
+    };
+    let sensitive = |header: &str, value: &str| {
+        let mut value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| bad(header))?;
+        value.set_sensitive(true);
+        Ok::<_, BadProvider>(value)
+    };
+    let mut headers = vec![
+        (
+            HOST,
+            HeaderValue::from_str(authority).map_err(|_| bad("host"))?,
+        ),
+        (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+        (ACCEPT_ENCODING, HeaderValue::from_static("identity")),
+    ];
+    let credential = match config.kind {
+        ProviderKind::Anthropic => config.api_key.as_ref().map(Secret::expose).map(|key| {
+            Ok((
+                HeaderName::from_static("x-api-key"),
+                sensitive("x-api-key", key)?,
+            ))
+        }),
+        ProviderKind::Openai => config.api_key.as_ref().map(Secret::expose).map(|key| {
+            Ok((
+                AUTHORIZATION,
+                sensitive("authorization", &format!("Bearer {key}"))?,
+            ))
+        }),
+        ProviderKind::AzureOpenai => config.api_key.as_ref().map(Secret::expose).map(|key| {
+            Ok((
+                HeaderName::from_static("api-key"),
+                sensitive("api-key", key)?,
+            ))
+        }),
+        ProviderKind::Vertex => config
+            .access_token
+            .as_ref()
+            .map(Secret::expose)
+            .map(|token| {
+                Ok((
+                    AUTHORIZATION,
+                    sensitive("authorization", &format!("Bearer {token}"))?,
+                ))
+            }),
+        // Signed per request.
+        ProviderKind::Bedrock => None,
+    };
+    if let Some(credential) = credential {
+        headers.push(credential?);
+    }
+    for (name, value) in &config.headers {
+        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad(name))?;
+        headers.push((header, sensitive(name, value.expose())?));
+    }
+    Ok(headers)
 }
 
 /// What a provider needs to know of a client request.
@@ -342,10 +427,6 @@ fn wire_of(format: Format, stream: bool) -> Wire {
 
 fn json_bytes(value: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(value).unwrap_or_default())
-}
-
-fn client_header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Percent-encode a path segment (model ids hold `:` and `@`, deployments anything).
@@ -401,7 +482,7 @@ mod tests {
         o.headers
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .and_then(|(_, v)| v.to_str().ok())
     }
 
     #[test]
@@ -417,6 +498,49 @@ mod tests {
         assert_eq!(header(&o, "anthropic-version"), Some(ANTHROPIC_VERSION));
         assert_eq!(o.address.port, 9);
         assert!(!o.address.tls);
+    }
+
+    #[test]
+    fn headers_carry_credentials_extras_and_the_client_beta() {
+        let p = provider(
+            "{name: o, kind: openai, base_url: 'https://api.test/v1', api_key: k2, headers: {X-Team: blue}}",
+        );
+        let body = serde_json::json!({"model": "claude-x", "max_tokens": 5, "messages": []});
+        let o = outgoing(&p, body, false, "gpt-x");
+        assert_eq!(header(&o, "authorization"), Some("Bearer k2"));
+        assert_eq!(header(&o, "x-team"), Some("blue"));
+        assert_eq!(header(&o, "host"), Some("api.test"));
+        let length = o.body.len().to_string();
+        assert_eq!(header(&o, "content-length"), Some(length.as_str()));
+        let credential = o.headers.iter().find(|(n, _)| n == AUTHORIZATION);
+        assert!(credential.is_some_and(|(_, v)| v.is_sensitive()));
+        assert!(header(&o, "anthropic-version").is_none());
+
+        let a = provider("{name: a, kind: anthropic, base_url: 'http://127.0.0.1:9', api_key: k1}");
+        let raw = Bytes::from_static(b"{}");
+        let mut client = HeaderMap::new();
+        client.insert("anthropic-beta", HeaderValue::from_static("tools-2025"));
+        client.insert("anthropic-version", HeaderValue::from_static("2024-01-01"));
+        client.insert("x-api-key", HeaderValue::from_static("the-virtual-key"));
+        let o = a
+            .prepare(
+                &Request {
+                    api: Api::Messages,
+                    client: Format::Anthropic,
+                    model: "claude-x",
+                    stream: false,
+                    raw: &raw,
+                    parsed: &OnceLock::new(),
+                    headers: &client,
+                },
+                "claude-x",
+            )
+            .unwrap();
+        assert_eq!(header(&o, "anthropic-beta"), Some("tools-2025"));
+        assert_eq!(header(&o, "anthropic-version"), Some("2024-01-01"));
+        let keys: Vec<_> = o.headers.iter().filter(|(n, _)| n == "x-api-key").collect();
+        assert_eq!(keys.len(), 1, "never the client's key");
+        assert_eq!(header(&o, "x-api-key"), Some("k1"));
     }
 
     #[test]
