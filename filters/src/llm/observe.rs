@@ -170,37 +170,44 @@ pub fn observe_body(format: Format, body: &[u8]) -> Observed {
     }
 }
 
-/// The fields of a response body that are observed, each kept as its raw JSON.
+/// The fields of a response body that are observed, read in one pass: text is skipped over,
+/// not copied, and only a tool call's parts and an error are kept as raw JSON. A field of an
+/// unexpected type fails the read, and [`observe_body`] then reads the body whole.
 #[derive(Deserialize)]
 struct Fields<'a> {
     #[serde(borrow)]
-    id: Option<&'a RawValue>,
+    id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     error: Option<&'a RawValue>,
+    usage: Option<Counts>,
     #[serde(borrow)]
-    usage: Option<&'a RawValue>,
+    stop_reason: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    stop_reason: Option<&'a RawValue>,
+    content: Option<Vec<Block<'a>>>,
     #[serde(borrow)]
-    content: Option<Vec<&'a RawValue>>,
-    #[serde(borrow)]
-    choices: Option<Vec<&'a RawValue>>,
+    choices: Option<Vec<Choice<'a>>>,
 }
 
-/// An Anthropic content block: only a `tool_use` block is read further.
+/// An Anthropic content block: the parts of a `tool_use` block.
 #[derive(Deserialize)]
 struct Block<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
 }
 
 /// An OpenAI choice: why it finished, and its message's tool calls.
 #[derive(Deserialize)]
 struct Choice<'a> {
     #[serde(borrow)]
-    finish_reason: Option<&'a RawValue>,
+    finish_reason: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    message: Option<&'a RawValue>,
+    message: Option<Message<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -222,36 +229,33 @@ fn value(raw: Option<&RawValue>) -> Value {
 impl Fields<'_> {
     fn observe(self, format: Format) -> Observed {
         let mut seen = Observed {
-            response_id: read(self.id),
+            response_id: self.id.map(Cow::into_owned),
             ..Observed::default()
         };
         if let Some(error) = self.error {
             let error = value(Some(error));
             seen.error = Some(string_at(&error, "/message").unwrap_or_else(|| error.to_string()));
         }
-        let counts: Counts = read(self.usage).unwrap_or_default();
+        let counts = self.usage.unwrap_or_default();
         match format {
             Format::Anthropic => {
                 seen.usage = counts.anthropic();
-                seen.stop_reason = read(self.stop_reason);
-                for block in self.content.into_iter().flatten() {
-                    let is_tool_use = serde_json::from_str::<Block>(block.get())
-                        .is_ok_and(|b| b.kind.as_deref() == Some("tool_use"));
-                    if is_tool_use {
-                        seen.tool_uses.push(anthropic_tool_use(&value(Some(block))));
-                    }
+                seen.stop_reason = self.stop_reason.map(Cow::into_owned);
+                let blocks = self.content.into_iter().flatten();
+                for block in blocks.filter(|b| b.kind.as_deref() == Some("tool_use")) {
+                    seen.tool_uses.push(ToolUse {
+                        id: read(block.id).unwrap_or_default(),
+                        name: read(block.name).unwrap_or_default(),
+                        input: value(block.input),
+                    });
                 }
             }
             Format::OpenAi => {
                 seen.usage = counts.openai();
-                let first = self.choices.as_ref().and_then(|c| c.first());
-                let choice = first.and_then(|c| serde_json::from_str::<Choice>(c.get()).ok());
-                if let Some(choice) = choice {
-                    seen.stop_reason = read(choice.finish_reason);
-                    let message = choice
-                        .message
-                        .and_then(|m| serde_json::from_str::<Message>(m.get()).ok());
-                    if let Some(calls) = message.and_then(|m| m.tool_calls) {
+                if let Some(choice) = self.choices.and_then(|c| c.into_iter().next()) {
+                    seen.stop_reason = choice.finish_reason.map(Cow::into_owned);
+                    let calls = choice.message.and_then(|m| m.tool_calls);
+                    if let Some(calls) = calls {
                         seen.tool_uses = openai_tool_calls(&value(Some(calls)));
                     }
                 }
@@ -724,6 +728,17 @@ mod tests {
             json!({"usage": {"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": 4}, "cache_creation_input_tokens": -1}})
                 .to_string(),
             json!({"usage": [1]}).to_string(),
+            json!({"content": [{"type": "tool_use", "id": 5, "name": null}, "odd", {"type": 1}],
+                "stop_reason": 5, "usage": "none"})
+            .to_string(),
+            json!({"content": [{"type": "tool_use", "id": "t", "name": "n", "input": null, "x": [1]}],
+                "id": null, "stop_reason": null, "usage": {"input_tokens": 2, "cache_read_input_tokens": 7}})
+            .to_string(),
+            json!({"choices": [{"finish_reason": null, "message": null}, {"finish_reason": 3}]})
+                .to_string(),
+            json!({"choices": [{"finish_reason": "tool_calls", "message": {"tool_calls": "bad"}}, 7]})
+                .to_string(),
+            json!({"choices": "none", "error": {"message": "overloaded"}}).to_string(),
             r#"{"id": "a", "id": "b"}"#.to_string(),
             r#"  {"usage": {"input_tokens": 1}}  "#.to_string(),
             "[1,2]".to_string(),
@@ -736,6 +751,24 @@ mod tests {
                     "{format:?} {body}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn typical_answers_read_in_one_pass() {
+        let anthropic = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+            "content": [{"type": "text", "text": "hi"}, {"type": "tool_use", "id": "t", "name": "n", "input": {"a": 1}}],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 3, "output_tokens": 1, "cache_read_input_tokens": 0}});
+        let openai = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                "finish_reason": "tool_calls", "logprobs": null}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7,
+                "prompt_tokens_details": {"cached_tokens": 0}}});
+        for body in [anthropic, openai] {
+            let body = body.to_string();
+            assert!(serde_json::from_str::<Fields>(&body).is_ok(), "{body}");
         }
     }
 
