@@ -26,7 +26,7 @@ use pingora::proxy::Session;
 use pingora::proxy::subrequest::pipe::{InputBody, InputBodyType, pipe_subrequest};
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use sluice_filters::llm::api::Api;
-use sluice_filters::llm::observe::Observed;
+use sluice_filters::llm::observe::{Observation, Observed};
 use sluice_filters::llm::{self, Attempt, AttemptEnd, LlmEndpoint, Plan, Planned};
 
 use crate::gateway::{NoBody, read_body};
@@ -45,8 +45,8 @@ pub struct Report {
     status: Option<u16>,
     /// Why there is no answer: connect error, timeout, broken connection.
     failure: Option<String>,
-    /// What the response carried, once it ended.
-    observed: Option<Observed>,
+    /// What the response carried, once it ended (maybe still to read, once the client has it).
+    observed: Option<Observation>,
 }
 
 impl Report {
@@ -235,8 +235,9 @@ impl FastPath {
         if let Some(attempt) = last {
             let end = attempt.end();
             llm.attempt_ended(&mut self.plan, self.index, &end, self.started.elapsed());
-            let report = attempt.report();
-            observed = report.observed.clone();
+            let mut report = attempt.report();
+            // The client has its answer: a body left unread is read now.
+            observed = report.observed.take().map(Observation::read);
             served = report.status.map(|_| self.index);
         }
         let upstream_time = self.plan.upstream_time();
@@ -287,7 +288,8 @@ async fn try_targets(
                 continue;
             }
             Piped::Passed => {
-                return Ok((report.status.unwrap_or(502), Some(index), report.observed));
+                let observed = report.observed.map(Observation::read);
+                return Ok((report.status.unwrap_or(502), Some(index), observed));
             }
             Piped::Nothing(why) => {
                 last_failure = report.failure.unwrap_or(why);
@@ -512,7 +514,8 @@ impl AttemptCtx {
     pub fn response_body(&mut self, body: &mut Option<Bytes>, end: bool) {
         self.attempt.body(body, end);
         if end {
-            self.report().observed = Some(self.attempt.observed().clone());
+            let observation = self.attempt.take_observation();
+            self.report().observed = Some(observation);
         }
     }
 
@@ -531,10 +534,15 @@ impl AttemptCtx {
         };
         if session.response_written().is_some() {
             // The answer had started: end the client's stream with an error event.
-            if let Some(ending) = self.attempt.broken(&reason) {
+            let ending = self.attempt.broken(&reason);
+            // A body that ended was taken in full already; a broken stream's ending is new.
+            if ending.is_some() || self.report().observed.is_none() {
+                let observation = self.attempt.take_observation();
+                self.report().observed = Some(observation);
+            }
+            if let Some(ending) = ending {
                 let _ = session.write_response_body(Some(ending), true).await;
             }
-            self.report().observed = Some(self.attempt.observed().clone());
         } else {
             let response = llm::refusal(
                 self.attempt.client_format(),

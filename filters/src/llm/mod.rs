@@ -220,9 +220,10 @@ impl Attempt {
         }
     }
 
-    /// What was seen of the response so far.
-    pub fn observed(&self) -> &Observed {
-        self.shaper.observed()
+    /// What was seen of the response, once it ended or broke off (a body without tool
+    /// calls may be left to read later: [`observe::Observation::read`]).
+    pub fn take_observation(&mut self) -> observe::Observation {
+        self.shaper.take_observation()
     }
 
     /// The format the client reads.

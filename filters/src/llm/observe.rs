@@ -156,6 +156,37 @@ fn parse_input(raw: &str) -> Value {
     serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
 }
 
+/// What a response carried, or the body to read it from later.
+///
+/// A whole body passed to the client in its own format is read after the client has it,
+/// off the request's critical path, when it cannot hold a tool call: a tool call must be
+/// remembered for linking before the client can act on it, and nothing else is needed earlier.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    Read(Observed),
+    Unread { format: Format, body: Vec<u8> },
+}
+
+impl Observation {
+    /// What the response carried, reading it now if it was left unread.
+    pub fn read(self) -> Observed {
+        match self {
+            Observation::Read(observed) => observed,
+            Observation::Unread { format, body } => observe_body(format, &body),
+        }
+    }
+}
+
+/// Whether a JSON body can hold no tool call: neither `tool` (of `tool_use`, `tool_calls`)
+/// nor a `\u` escape, the only JSON escape that could spell those letters, is in it.
+pub fn holds_no_tool_call(body: &[u8]) -> bool {
+    static TOOL: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"tool"));
+    static ESCAPE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\\u"));
+    TOOL.find(body).is_none() && ESCAPE.find(body).is_none()
+}
+
 /// Reads a complete non-streamed response body of `format` (the format the client receives).
 ///
 /// The fields observed are read without building the rest of the body (text blocks are

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 
 use crate::llm::bedrock::{self, EventStreamDecoder};
-use crate::llm::observe::{self, Observed, StreamObserver};
+use crate::llm::observe::{self, Observation, Observed, StreamObserver};
 use crate::llm::provider::Wire;
 use crate::llm::translate::{self, Format, StreamTranslator};
 
@@ -52,6 +52,8 @@ pub struct Shaper {
     bedrock: bool,
     /// Tool uses already handed out by [`Shaper::new_tool_uses`].
     announced: usize,
+    /// A passed body that cannot hold a tool call, left to be read after the client has it.
+    unread: Option<Vec<u8>>,
 }
 
 impl Shaper {
@@ -66,6 +68,7 @@ impl Shaper {
             status: 0,
             observed: Observed::default(),
             overflow: false,
+            unread: None,
         }
     }
 
@@ -259,7 +262,11 @@ impl Shaper {
                 self.observed = observe::observe_body(self.client, out);
             }
             Some(Mode::Pass { seen }) if !self.overflow => {
-                self.observed = observe::observe_body(self.client, &seen);
+                if observe::holds_no_tool_call(&seen) {
+                    self.unread = Some(seen);
+                } else {
+                    self.observed = observe::observe_body(self.client, &seen);
+                }
             }
             _ => {}
         }
@@ -308,7 +315,20 @@ impl Shaper {
         self.client
     }
 
-    /// What was seen of the response: usage, tool uses, the error if any.
+    /// What was seen of the response: usage, tool uses, the error if any. A body left
+    /// unread is handed over as it is, to be read when it is wanted ([`Observation::read`]).
+    pub fn take_observation(&mut self) -> Observation {
+        match self.unread.take() {
+            Some(body) => Observation::Unread {
+                format: self.client,
+                body,
+            },
+            None => Observation::Read(self.observed.clone()),
+        }
+    }
+
+    /// What was seen of the response so far, without a body left unread.
+    #[cfg(test)]
     pub fn observed(&self) -> &Observed {
         &self.observed
     }
@@ -392,7 +412,29 @@ mod tests {
         assert_eq!(&first[..], &body[..10], "passed at once, not held");
         let rest = piece(&mut shaper, Some(&body[10..]), true);
         assert_eq!([&first[..], &rest[..]].concat(), body.to_vec());
-        assert_eq!(shaper.observed().usage.output_tokens, 2);
+        // No tool call in it: read when wanted, after the client has it.
+        let observation = shaper.take_observation();
+        assert!(matches!(observation, Observation::Unread { .. }));
+        assert_eq!(observation.read().usage.output_tokens, 2);
+    }
+
+    #[test]
+    fn a_whole_body_that_may_call_tools_is_read_before_it_reaches_the_client() {
+        let calls = br#"{"content":[{"type":"tool_use","id":"t1","name":"mcp__s__echo","input":{}}],"usage":{"output_tokens":4}}"#;
+        let escaped = br#"{"content":[{"type":"\u0074ool_use","id":"t2","name":"n","input":{}}]}"#;
+        for (body, id) in [(&calls[..], "t1"), (&escaped[..], "t2")] {
+            let mut shaper =
+                Shaper::new(Format::Anthropic, Wire::Json(Format::Anthropic), "m", false);
+            run(&mut shaper, 200, body);
+            let announced = shaper.new_tool_uses();
+            assert_eq!(announced.len(), 1, "{}", String::from_utf8_lossy(body));
+            assert_eq!(announced[0].id, id);
+            assert!(matches!(shaper.take_observation(), Observation::Read(_)));
+        }
+        let openai = br#"{"choices":[{"message":{"tool_calls":[{"id":"c","function":{"name":"f","arguments":"{}"}}]}}]}"#;
+        let mut shaper = Shaper::new(Format::OpenAi, Wire::Json(Format::OpenAi), "m", false);
+        run(&mut shaper, 200, openai);
+        assert_eq!(shaper.new_tool_uses()[0].id, "c");
     }
 
     #[test]
