@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::HttpTask;
@@ -487,26 +488,48 @@ impl AttemptCtx {
     }
 
     /// The provider's response head: note the status, and make the head fit the body the
-    /// client will get.
+    /// client will get. The head is changed as `http` parts: Pingora's own setters parse each
+    /// name again and keep a second, case-preserving map; header names go out lower case.
     pub fn response_head(&mut self, response: &mut ResponseHeader) -> Result<()> {
+        const PROVIDER: HeaderName = HeaderName::from_static(llm::PROVIDER_HEADER);
+        const MODEL: HeaderName = HeaderName::from_static(llm::MODEL_HEADER);
+        let value = |text: &str| {
+            HeaderValue::from_str(text)
+                .explain_err(InvalidHTTPHeader, |_| format!("header value {text:?}"))
+        };
+        let (provider, model) = (
+            value(&self.attempt.provider)?,
+            value(&self.attempt.provider_model)?,
+        );
         let status = response.status.as_u16();
         self.report().status = Some(status);
         let head = self.attempt.head(status);
+        let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
+        let mut parts = http::response::Parts::from(std::mem::replace(response, empty));
         // Statuses only one format knows (Anthropic's 529) become the client format's.
         let client = llm::translate::client_status(status, self.attempt.client_format());
         if client != status {
-            response.set_status(client)?;
+            parts.status = http::StatusCode::from_u16(client)
+                .explain_err(InvalidHTTPHeader, |_| format!("status {client}"))?;
         }
+        let headers = &mut parts.headers;
         if head.drop_length {
-            response.remove_header(&http::header::CONTENT_LENGTH);
-            response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            headers.remove(http::header::CONTENT_LENGTH);
+            headers.insert(
+                http::header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
         }
         if let Some(content_type) = head.content_type {
-            response.insert_header(http::header::CONTENT_TYPE, content_type)?;
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type),
+            );
         }
-        response.remove_header(&http::header::SET_COOKIE);
-        response.insert_header(llm::PROVIDER_HEADER, self.attempt.provider.as_str())?;
-        response.insert_header(llm::MODEL_HEADER, self.attempt.provider_model.as_str())?;
+        headers.remove(http::header::SET_COOKIE);
+        headers.insert(PROVIDER, provider);
+        headers.insert(MODEL, model);
+        *response = ResponseHeader::from(parts);
         Ok(())
     }
 
