@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use http::header::AUTHORIZATION;
 use sha2::{Digest, Sha256};
 use sluice_conf::Config;
@@ -18,7 +18,11 @@ use subtle::ConstantTimeEq;
 use crate::policy::Grants;
 
 /// Headers a key may arrive in, besides `Authorization: Bearer`.
-const KEY_HEADERS: [&str; 2] = ["x-sluice-key", "x-api-key"];
+/// Made once: looking a header up by a `&str` name parses the name every time.
+const KEY_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("x-sluice-key"),
+    HeaderName::from_static("x-api-key"),
+];
 
 /// A configured key, without its secret.
 #[derive(Debug)]
@@ -176,7 +180,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
     }
     KEY_HEADERS
         .iter()
-        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .find_map(|h| headers.get(h).and_then(|v| v.to_str().ok()))
         .map(str::trim)
         .filter(|k| !k.is_empty())
 }

@@ -598,5 +598,5 @@ fn method_not_allowed(message: &str) -> Response {
 
 /// The session header name, for callers that set it on responses.
 pub fn session_header() -> HeaderName {
-    HeaderName::from_static(transport::SESSION_HEADER)
+    transport::SESSION_HEADER
 }

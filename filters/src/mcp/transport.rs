@@ -3,14 +3,15 @@
 //! status the MCP specification asks for and a message that says how to fix the request.
 
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 
 use super::http::Response;
 use crate::jsonrpc::code;
 use crate::protocol;
 
-pub const SESSION_HEADER: &str = "mcp-session-id";
-pub const PROTOCOL_HEADER: &str = "mcp-protocol-version";
+// Names made once: a lookup by a `&str` name parses the name every time.
+pub const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
+pub const PROTOCOL_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
 
 /// Refuse browser origins that are not allowed (DNS rebinding protection). Requests without
 /// an `Origin` header come from non-browser clients and pass.
@@ -73,14 +74,11 @@ pub fn too_large(limit: usize) -> Response {
 
 /// A POST must accept a JSON answer and send JSON.
 pub fn check_post_headers(headers: &HeaderMap) -> Result<(), Response> {
-    let accept = headers
+    let accepts_json = headers
         .get_all(ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",");
-    let accepts_json = accept
-        .split(',')
+        .flat_map(|v| v.split(','))
         .map(|t| t.split(';').next().unwrap_or("").trim())
         .any(|t| {
             t.eq_ignore_ascii_case("application/json")

@@ -32,8 +32,8 @@ use super::{
 use crate::jsonrpc::code;
 use crate::sse::SseReader;
 
-const SESSION_HEADER: &str = "mcp-session-id";
-const PROTOCOL_HEADER: &str = "mcp-protocol-version";
+const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
+const PROTOCOL_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
 /// What a POST accepts: a JSON answer or an event stream.
 pub(crate) const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 /// JSON answers larger than this (or of unknown length) are passed on as they arrive, for the
@@ -515,7 +515,7 @@ impl Wire {
     ) -> Result<Reply, UpstreamError> {
         let mut headers = Vec::with_capacity(3 + param_headers.len());
         headers.push((
-            HeaderName::from_static(PROTOCOL_HEADER),
+            PROTOCOL_HEADER,
             HeaderValue::from_static(stateless::VERSION),
         ));
         headers.push((
@@ -893,10 +893,10 @@ impl UpstreamSession {
     fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         let mut headers = Vec::with_capacity(2);
         if let Some(id) = &self.id {
-            headers.push((HeaderName::from_static(SESSION_HEADER), id.clone()));
+            headers.push((SESSION_HEADER, id.clone()));
         }
         headers.push((
-            HeaderName::from_static(PROTOCOL_HEADER),
+            PROTOCOL_HEADER,
             self.protocol_version.clone(),
         ));
         headers

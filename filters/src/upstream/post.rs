@@ -31,7 +31,7 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pooled connections that may turn out closed (the upstream timed them out) before the
 /// request is sent on a new one.
 const STALE_TRIES: usize = 3;
-const SESSION_HEADER: &str = "mcp-session-id";
+const SESSION_HEADER: http::HeaderName = http::HeaderName::from_static("mcp-session-id");
 /// Bounds on reading what is left of a body for its connection's sake (see [`drain`]).
 const DRAIN_CHUNKS: usize = 8;
 const DRAIN_BYTES: usize = 64 * 1024;
