@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::{HeaderMap, HeaderName};
 use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use sluice_conf::Config;
 use subtle::ConstantTimeEq;

@@ -3,6 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -13,36 +14,40 @@ use tokio::sync::mpsc;
 /// event, each flushed as it comes; it ends when its producer is done, or when the client goes
 /// away (then the receiver is dropped, which stops the producer and cancels its upstream work).
 pub async fn write(session: &mut Session, response: Response) -> Result<()> {
-    let mut header = ResponseHeader::build(response.status, Some(response.headers.len() + 2))?;
+    // The head is built as `http` parts: Pingora's setters would parse each name again and
+    // keep a case map. Standard names go out title-cased, the others as they are.
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = response.status;
+    parts.headers.reserve(response.headers.len() + 1);
     for (name, value) in response.headers {
-        header.append_header(name, value)?;
+        parts.headers.append(name, value);
     }
+    let (name, value) = match &response.body {
+        Body::Full(body) => (http::header::CONTENT_LENGTH, HeaderValue::from(body.len())),
+        // Chunked on HTTP/1.1, so the connection stays reusable (Pingora drops the header on
+        // HTTP/2).
+        Body::Events(_) | Body::Stream(_) => (
+            http::header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        ),
+    };
+    parts.headers.insert(name, value);
+    let header = Box::new(ResponseHeader::from(parts));
     match response.body {
         Body::Full(body) => {
-            header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
             let empty = body.is_empty();
-            session
-                .write_response_header(Box::new(header), empty)
-                .await?;
+            session.write_response_header(header, empty).await?;
             if !empty {
                 session.write_response_body(Some(body), true).await?;
             }
             Ok(())
         }
         Body::Events(events) => {
-            // Chunked on HTTP/1.1, so the connection stays reusable (Pingora drops the header
-            // on HTTP/2).
-            header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-            session
-                .write_response_header(Box::new(header), false)
-                .await?;
+            session.write_response_header(header, false).await?;
             write_events(session, events).await
         }
         Body::Stream(body) => {
-            header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-            session
-                .write_response_header(Box::new(header), false)
-                .await?;
+            session.write_response_header(header, false).await?;
             write_stream(session, body).await
         }
     }

@@ -895,10 +895,7 @@ impl UpstreamSession {
         if let Some(id) = &self.id {
             headers.push((SESSION_HEADER, id.clone()));
         }
-        headers.push((
-            PROTOCOL_HEADER,
-            self.protocol_version.clone(),
-        ));
+        headers.push((PROTOCOL_HEADER, self.protocol_version.clone()));
         headers
     }
 

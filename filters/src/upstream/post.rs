@@ -182,7 +182,8 @@ pub(crate) struct PingoraPoster {
     /// (see [`serve_request`]).
     peer: HttpPeer,
     background: HttpPeer,
-    path: String,
+    /// Path and query, parsed once.
+    uri: http::Uri,
     /// `Host`, then the configured headers and the fixed ones, sent with every request.
     headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -219,11 +220,12 @@ impl PingoraPoster {
             Some(query) => format!("{}?{query}", url.path()),
             None => url.path().to_string(),
         };
+        let uri = http::Uri::try_from(path).ok()?;
         Some(PingoraPoster {
             connector: Connector::new(Some(ConnectorOptions::new(pool_size.max(1)))),
             peer,
             background,
-            path,
+            uri,
             headers,
         })
     }
@@ -263,19 +265,21 @@ impl PingoraPoster {
         headers: &[(HeaderName, HeaderValue)],
         body: &[u8],
     ) -> Result<(), String> {
-        let mut request =
-            RequestHeader::build_no_case("POST", self.path.as_bytes(), Some(headers.len() + 5))
-                .map_err(|e| format!("invalid request: {e}"))?;
+        // Built as `http` parts: Pingora's `append_header` would parse every name again.
+        let (mut request, ()) = http::Request::new(()).into_parts();
+        request.method = http::Method::POST;
+        request.uri = self.uri.clone();
+        request
+            .headers
+            .reserve(self.headers.len() + headers.len() + 1);
         for (name, value) in self.headers.iter().chain(headers) {
-            request
-                .append_header(name.clone(), value.clone())
-                .map_err(|e| format!("invalid header `{name}`: {e}"))?;
+            request.headers.append(name.clone(), value.clone());
         }
         request
-            .insert_header(CONTENT_LENGTH, body.len())
-            .map_err(|e| format!("invalid request: {e}"))?;
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         session
-            .write_request_header(Box::new(request))
+            .write_request_header(Box::new(RequestHeader::from(request)))
             .await
             .map_err(|e| format!("sending the request failed: {e}"))?;
         session
@@ -382,7 +386,7 @@ mod tests {
     #[test]
     fn plain_http_to_an_address_goes_on_pingora() {
         let p = poster("http://127.0.0.1:8080/mcp?token=x").expect("pingora");
-        assert_eq!(p.path, "/mcp?token=x");
+        assert_eq!(p.uri, "/mcp?token=x");
         assert_eq!(p.headers[0].1, "127.0.0.1:8080");
         let p = poster("http://[::1]/mcp").expect("pingora");
         assert_eq!(p.headers[0].1, "[::1]");
