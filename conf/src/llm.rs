@@ -334,6 +334,7 @@ pub(crate) fn validate(config: &crate::Config, text: &str) -> Result<(), (Option
         let credentials = [
             ("api_key", &provider.api_key),
             ("access_token", &provider.access_token),
+            ("session_token", &provider.session_token),
         ];
         for (field, value) in credentials {
             if value.as_ref().is_some_and(|v| !is_header_value(v.expose())) {

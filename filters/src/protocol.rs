@@ -1,6 +1,13 @@
 //! MCP protocol versions Sluice speaks downstream.
 
+use http::HeaderName;
 use rmcp::model::ProtocolVersion;
+
+/// The session header of the Streamable HTTP transport, both ways (a name made once: a lookup
+/// by a `&str` name parses it every time).
+pub const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
+/// The protocol version header of the Streamable HTTP transport, both ways.
+pub const PROTOCOL_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
 
 /// Newest first; `initialize` answers with the client's version when it is listed here, or
 /// with the newest otherwise (the client then decides whether it can go on).

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde_json::Value;
 use sluice_conf::{ProviderKind, Secret};
@@ -355,40 +355,18 @@ fn fixed_headers(
         (CONTENT_TYPE, HeaderValue::from_static("application/json")),
         (ACCEPT_ENCODING, HeaderValue::from_static("identity")),
     ];
+    let api_key = config.api_key.as_ref().map(Secret::expose);
     let credential = match config.kind {
-        ProviderKind::Anthropic => config.api_key.as_ref().map(Secret::expose).map(|key| {
-            Ok((
-                HeaderName::from_static("x-api-key"),
-                sensitive("x-api-key", key)?,
-            ))
-        }),
-        ProviderKind::Openai => config.api_key.as_ref().map(Secret::expose).map(|key| {
-            Ok((
-                AUTHORIZATION,
-                sensitive("authorization", &format!("Bearer {key}"))?,
-            ))
-        }),
-        ProviderKind::AzureOpenai => config.api_key.as_ref().map(Secret::expose).map(|key| {
-            Ok((
-                HeaderName::from_static("api-key"),
-                sensitive("api-key", key)?,
-            ))
-        }),
-        ProviderKind::Vertex => config
-            .access_token
-            .as_ref()
-            .map(Secret::expose)
-            .map(|token| {
-                Ok((
-                    AUTHORIZATION,
-                    sensitive("authorization", &format!("Bearer {token}"))?,
-                ))
-            }),
+        ProviderKind::Anthropic => api_key.map(|key| ("x-api-key", key.to_string())),
+        ProviderKind::Openai => api_key.map(|key| ("authorization", format!("Bearer {key}"))),
+        ProviderKind::AzureOpenai => api_key.map(|key| ("api-key", key.to_string())),
+        ProviderKind::Vertex => (config.access_token.as_ref())
+            .map(|token| ("authorization", format!("Bearer {}", token.expose()))),
         // Signed per request.
         ProviderKind::Bedrock => None,
     };
-    if let Some(credential) = credential {
-        headers.push(credential?);
+    if let Some((name, value)) = credential {
+        headers.push((HeaderName::from_static(name), sensitive(name, &value)?));
     }
     for (name, value) in &config.headers {
         let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad(name))?;
@@ -512,7 +490,10 @@ mod tests {
         assert_eq!(header(&o, "host"), Some("api.test"));
         let length = o.body.len().to_string();
         assert_eq!(header(&o, "content-length"), Some(length.as_str()));
-        let credential = o.headers.iter().find(|(n, _)| n == AUTHORIZATION);
+        let credential = o
+            .headers
+            .iter()
+            .find(|(n, _)| n == http::header::AUTHORIZATION);
         assert!(credential.is_some_and(|(_, v)| v.is_sensitive()));
         assert!(header(&o, "anthropic-version").is_none());
 

@@ -3,15 +3,13 @@
 //! status the MCP specification asks for and a message that says how to fix the request.
 
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN};
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::{HeaderMap, StatusCode};
 
 use super::http::Response;
 use crate::jsonrpc::code;
 use crate::protocol;
 
-// Names made once: a lookup by a `&str` name parses the name every time.
-pub const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
-pub const PROTOCOL_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
+pub use crate::protocol::{PROTOCOL_HEADER, SESSION_HEADER};
 
 /// Refuse browser origins that are not allowed (DNS rebinding protection). Requests without
 /// an `Origin` header come from non-browser clients and pass.

@@ -30,10 +30,9 @@ use super::{
     request_bytes, response_bytes,
 };
 use crate::jsonrpc::code;
+use crate::protocol::{PROTOCOL_HEADER, SESSION_HEADER};
 use crate::sse::SseReader;
 
-const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
-const PROTOCOL_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
 /// What a POST accepts: a JSON answer or an event stream.
 pub(crate) const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 /// JSON answers larger than this (or of unknown length) are passed on as they arrive, for the

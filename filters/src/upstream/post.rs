@@ -23,6 +23,7 @@ use pingora_http::RequestHeader;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
 
 use super::http::error_chain;
+use crate::protocol::SESSION_HEADER;
 
 /// How long an idle pooled connection is kept.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -31,7 +32,6 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pooled connections that may turn out closed (the upstream timed them out) before the
 /// request is sent on a new one.
 const STALE_TRIES: usize = 3;
-const SESSION_HEADER: http::HeaderName = http::HeaderName::from_static("mcp-session-id");
 /// Bounds on reading what is left of a body for its connection's sake (see [`drain`]).
 const DRAIN_CHUNKS: usize = 8;
 const DRAIN_BYTES: usize = 64 * 1024;
