@@ -15,12 +15,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use pingora_core::connectors::ConnectorOptions;
-use pingora_core::connectors::http::v1::Connector;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
+use pingora_core::protocols::Stream;
 use pingora_core::protocols::http::v1::client::HttpSession;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_http::RequestHeader;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
+use tokio::io::AsyncWriteExt;
 
 use super::http::error_chain;
 use crate::protocol::SESSION_HEADER;
@@ -118,6 +118,14 @@ pub(crate) fn drain(mut body: BoxStream<'static, Result<Bytes, String>>) {
     });
 }
 
+/// `name: value\r\n`. Both are valid on the wire as they are: `HeaderValue` holds no CR or LF.
+fn write_header(wire: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    wire.extend_from_slice(name.as_str().as_bytes());
+    wire.extend_from_slice(b": ");
+    wire.extend_from_slice(value.as_bytes());
+    wire.extend_from_slice(b"\r\n");
+}
+
 fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
@@ -175,17 +183,20 @@ impl Poster {
     }
 }
 
-/// POSTs on Pingora's HTTP/1.1 connector and pool.
+/// POSTs on Pingora's connection pool, read by its HTTP/1.1 client.
+///
+/// The request is written by Sluice itself, head and body in one write: Pingora's client writes
+/// and flushes the head before the body, two sends and two packets, and an upstream that reads
+/// the head first has to wait for the second.
 pub(crate) struct PingoraPoster {
-    connector: Connector,
+    transport: TransportConnector,
     /// The upstream as requests reach it; `background` is the same upstream in another pool
     /// (see [`serve_request`]).
     peer: HttpPeer,
     background: HttpPeer,
-    /// Path and query, parsed once.
-    uri: http::Uri,
-    /// `Host`, then the configured headers and the fixed ones, sent with every request.
-    headers: Vec<(HeaderName, HeaderValue)>,
+    /// The request line, `Host`, the configured headers and the fixed ones: the beginning of
+    /// every request's head, made once.
+    head: Vec<u8>,
 }
 
 impl PingoraPoster {
@@ -209,25 +220,48 @@ impl PingoraPoster {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
         };
-        let mut headers = vec![(HOST, HeaderValue::try_from(host).ok()?)];
-        headers.extend(configured.iter().map(|(n, v)| (n.clone(), v.clone())));
-        headers.push((
-            reqwest::header::ACCEPT,
-            HeaderValue::from_static(super::http::ACCEPT_BOTH),
-        ));
-        headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
         let path = match url.query() {
             Some(query) => format!("{}?{query}", url.path()),
             None => url.path().to_string(),
         };
-        let uri = http::Uri::try_from(path).ok()?;
+        // Parsed to be sure it is a request target: the URL parser escapes what a target
+        // may not hold, and this is the check.
+        let target = http::Uri::try_from(path).ok()?;
+        let mut head = format!("POST {target} HTTP/1.1\r\n").into_bytes();
+        let host = HeaderValue::try_from(host).ok()?;
+        let fixed = [
+            (
+                reqwest::header::ACCEPT,
+                HeaderValue::from_static(super::http::ACCEPT_BOTH),
+            ),
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+        ];
+        let all = std::iter::once((&HOST, &host))
+            .chain(configured)
+            .chain(fixed.iter().map(|(n, v)| (n, v)));
+        for (name, value) in all {
+            write_header(&mut head, name, value);
+        }
         Some(PingoraPoster {
-            connector: Connector::new(Some(ConnectorOptions::new(pool_size.max(1)))),
+            transport: TransportConnector::new(Some(ConnectorOptions::new(pool_size.max(1)))),
             peer,
             background,
-            uri,
-            headers,
+            head,
         })
+    }
+
+    /// The whole request: the fixed beginning of the head, `headers`, the length, `body`.
+    fn request_bytes(&self, headers: &[(HeaderName, HeaderValue)], body: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::with_capacity(self.head.len() + 128 + body.len());
+        wire.extend_from_slice(&self.head);
+        for (name, value) in headers {
+            write_header(&mut wire, name, value);
+        }
+        wire.extend_from_slice(b"content-length: ");
+        wire.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        wire.extend_from_slice(b"\r\n\r\n");
+        wire.extend_from_slice(body);
+        wire
     }
 
     async fn post(
@@ -243,13 +277,14 @@ impl PingoraPoster {
         let mut tries = 0;
         loop {
             tries += 1;
-            let (mut session, reused) = self
-                .connector
-                .get_http_session(self.peer(pool))
+            let peer = self.peer(pool);
+            let (stream, reused) = self
+                .transport
+                .get_stream(peer)
                 .await
                 .map_err(|e| format!("cannot connect: {e}"))?;
-            match self.exchange(&mut session, headers, &body).await {
-                Ok(()) => return Ok(self.reply(session, pool).await),
+            match self.exchange(stream, peer, headers, &body).await {
+                Ok(session) => return Ok(self.reply(session, pool).await),
                 // A pooled connection the upstream has closed meanwhile: nothing was read, so
                 // the request is sent again on another one (as Pingora's proxy does).
                 Err(_) if reused && tries < STALE_TRIES => continue,
@@ -258,38 +293,22 @@ impl PingoraPoster {
         }
     }
 
-    /// Write the request and read the reply's head.
+    /// Write the request and read the reply's head with Pingora's client.
     async fn exchange(
         &self,
-        session: &mut HttpSession,
+        mut stream: Stream,
+        peer: &HttpPeer,
         headers: &[(HeaderName, HeaderValue)],
         body: &[u8],
-    ) -> Result<(), String> {
-        // Built as `http` parts: Pingora's `append_header` would parse every name again.
-        let (mut request, ()) = http::Request::new(()).into_parts();
-        request.method = http::Method::POST;
-        request.uri = self.uri.clone();
-        request
-            .headers
-            .reserve(self.headers.len() + headers.len() + 1);
-        for (name, value) in self.headers.iter().chain(headers) {
-            request.headers.append(name.clone(), value.clone());
+    ) -> Result<HttpSession, String> {
+        let request = self.request_bytes(headers, body);
+        async {
+            stream.write_all(&request).await?;
+            stream.flush().await
         }
-        request
-            .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        session
-            .write_request_header(Box::new(RequestHeader::from(request)))
-            .await
-            .map_err(|e| format!("sending the request failed: {e}"))?;
-        session
-            .write_body(body)
-            .await
-            .map_err(|e| format!("sending the request failed: {e}"))?;
-        session
-            .finish_body()
-            .await
-            .map_err(|e| format!("sending the request failed: {e}"))?;
+        .await
+        .map_err(|e| format!("sending the request failed: {e}"))?;
+        let mut session = HttpSession::new_with_options(stream, peer);
         // Informational answers (`100 Continue`) come before the real one.
         loop {
             session
@@ -298,7 +317,7 @@ impl PingoraPoster {
                 .map_err(|e| format!("reading the answer failed: {e}"))?;
             match session.get_status() {
                 Some(status) if status.is_informational() => continue,
-                _ => return Ok(()),
+                _ => return Ok(session),
             }
         }
     }
@@ -352,10 +371,14 @@ impl PingoraPoster {
         }
     }
 
-    async fn release(&self, session: HttpSession, pool: Pool) {
-        self.connector
-            .release_http_session(session, self.peer(pool), Some(IDLE_TIMEOUT))
-            .await;
+    /// Back to the pool if the connection may be used again (as Pingora's connector does).
+    async fn release(&self, mut session: HttpSession, pool: Pool) {
+        session.respect_keepalive();
+        if let Some(stream) = session.reuse().await {
+            let key = self.peer(pool).reuse_hash();
+            self.transport
+                .release_stream(stream, key, Some(IDLE_TIMEOUT));
+        }
     }
 
     fn peer(&self, pool: Pool) -> &HttpPeer {
@@ -386,10 +409,31 @@ mod tests {
     #[test]
     fn plain_http_to_an_address_goes_on_pingora() {
         let p = poster("http://127.0.0.1:8080/mcp?token=x").expect("pingora");
-        assert_eq!(p.uri, "/mcp?token=x");
-        assert_eq!(p.headers[0].1, "127.0.0.1:8080");
+        assert!(
+            p.head
+                .starts_with(b"POST /mcp?token=x HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n")
+        );
         let p = poster("http://[::1]/mcp").expect("pingora");
-        assert_eq!(p.headers[0].1, "[::1]");
+        assert!(p.head.starts_with(b"POST /mcp HTTP/1.1\r\nhost: [::1]\r\n"));
+    }
+
+    #[test]
+    fn a_request_is_its_head_then_its_body() {
+        let url = reqwest::Url::parse("http://127.0.0.1:8080/mcp").expect("url");
+        let mut configured = HeaderMap::new();
+        configured.insert("x-team", HeaderValue::from_static("blue"));
+        let p = PingoraPoster::for_url(&url, &configured, 8).expect("pingora");
+        let session = (
+            HeaderName::from_static("mcp-session-id"),
+            HeaderValue::from_static("s-1"),
+        );
+        let wire = p.request_bytes(&[session], b"{\"jsonrpc\":\"2.0\"}");
+        assert_eq!(
+            String::from_utf8(wire).expect("utf-8"),
+            "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:8080\r\nx-team: blue\r\n\
+             accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n\
+             mcp-session-id: s-1\r\ncontent-length: 17\r\n\r\n{\"jsonrpc\":\"2.0\"}"
+        );
     }
 
     #[tokio::test]
