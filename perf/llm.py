@@ -17,8 +17,14 @@ Non-streamed: p50/p99/p99.9 of the whole answer; "added" = path - direct. Stream
 the time to first byte (the first body byte, i.e. message_start) and of the whole answer. Errors
 are counted and printed, not asserted (except in --quick).
 
+On a shared machine the neighbours' load drifts within seconds, and a path measured alone meets
+other neighbours than the path measured after it. So each scenario runs in rounds (--rounds,
+default 3): every round measures every path, the floor and Sluice in alternating order, and each
+round gives its own Sluice ÷ floor ratio, from two runs that met about the same neighbours. The
+verdict on a target is the median of those ratios; every round is in the table.
+
     python3 perf/llm.py --quick      # a few seconds per scenario; fails only on errors or crashes
-    python3 perf/llm.py --record     # the full run (~2.5 min); appends to perf/RESULTS.md
+    python3 perf/llm.py --record     # the full run (~7 min); appends to perf/RESULTS.md
 
 Standard library only; shares bench.py's process, HTTP and machine helpers.
 """
@@ -33,6 +39,7 @@ import os
 import resource
 import secrets
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -245,69 +252,96 @@ def added(m: Measurement, direct: Measurement | None, kind: str, quantile: str) 
     return None if a is None or b is None else a - b
 
 
-def ratio(x: float | None, y: float | None) -> str:
-    """x ÷ y; n/a when the floor's figure is zero or negative (below run-to-run noise)."""
-    return f"{x / y:.2f}×" if x is not None and y is not None and y > 0 else "n/a"
-
-
-def verdict(value: float | None, floor: float | None) -> str:
-    if value is None or not floor or floor <= 0:
+def verdict(ratio: float | None) -> str:
+    if ratio is None:
         return "n/a (the floor adds nothing measurable)"
-    return "met" if value / floor <= TARGET_RATIO else "**missed**"
+    return "met" if ratio <= TARGET_RATIO else "**missed**"
 
 
-def scenario_table(scenario: Scenario, rows: list[Measurement]) -> tuple[str, list[str]]:
-    """The table of one scenario, and its lines for the summary of targets."""
-    by_path = {m.path: m for m in rows}
-    direct = by_path.get("direct")
+def scenario_table(scenario: Scenario, rounds: list[list[Measurement]]) -> tuple[str, list[str]]:
+    """The table of one scenario (a row per path and round), and its lines for the summary of
+    targets: each round's Sluice ÷ floor ratio, the verdict on their median."""
     kind = "first_byte_ms" if scenario.stream else "total_ms"
     what = "time to first byte" if scenario.stream else "latency"
     header = (f"| path | {what} p50 ms | p99 | p99.9 | added p50 | added p99 "
               + ("| whole answer p50 ms | p99 " if scenario.stream else "")
               + "| requests (achieved RPS) | errors | CPU s/1k req: proxy / provider / load "
               "| provider conns opened | other load (cores) |")
-    out = [f"### {scenario.name} for {scenario.duration:g} s", "", header,
+    runs = f"{len(rounds)} rounds of " if len(rounds) > 1 else ""
+    out = [f"### {scenario.name}, {runs}{scenario.duration:g} s per path", "", header,
            "|" + "---|" * (header.count("|") - 1)]
-    for m in rows:
-        r = m.report
-        errors = str(r["errors"]) + (f" {r['error_kinds']}" if r["errors"] else "")
-        cpu_proxy = fmt(m.cpu_per_1k.get(m.path), 3) if m.path != "direct" else "-"
-        cells = [m.path, fmt(m.ms(kind, "p50")), fmt(m.ms(kind, "p99")),
-                 fmt(m.ms(kind, "p99.9")), fmt(added(m, direct, kind, "p50")) if direct
-                 and m is not direct else "-",
-                 fmt(added(m, direct, kind, "p99")) if direct and m is not direct else "-"]
-        if scenario.stream:
-            cells += [fmt(m.ms("total_ms", "p50")), fmt(m.ms("total_ms", "p99"))]
-        cells += [f"{r['requests']} ({r['achieved_rps']:.0f})", errors,
-                  f"{cpu_proxy} / {fmt(m.cpu_per_1k['upstream'], 3)} / {m.generator_per_1k:.3f}",
-                  str(m.upstream_connections), f"{m.other_cores:.2f}"]
-        out.append("| " + " | ".join(cells) + " |")
+    added_ratios, abs_ratios, p99_ratios = [], [], []
+    for number, rows in enumerate(rounds, 1):
+        by_path = {m.path: m for m in rows}
+        direct = by_path.get("direct")
+        for m in sorted(rows, key=lambda m: PATHS.index(m.path)):
+            r = m.report
+            errors = str(r["errors"]) + (f" {r['error_kinds']}" if r["errors"] else "")
+            cpu_proxy = fmt(m.cpu_per_1k.get(m.path), 3) if m.path != "direct" else "-"
+            label = f"{m.path} #{number}" if len(rounds) > 1 else m.path
+            cells = [label, fmt(m.ms(kind, "p50")), fmt(m.ms(kind, "p99")),
+                     fmt(m.ms(kind, "p99.9")), fmt(added(m, direct, kind, "p50")) if direct
+                     and m is not direct else "-",
+                     fmt(added(m, direct, kind, "p99")) if direct and m is not direct else "-"]
+            if scenario.stream:
+                cells += [fmt(m.ms("total_ms", "p50")), fmt(m.ms("total_ms", "p99"))]
+            cells += [f"{r['requests']} ({r['achieved_rps']:.0f})", errors,
+                      f"{cpu_proxy} / {fmt(m.cpu_per_1k['upstream'], 3)} / "
+                      f"{m.generator_per_1k:.3f}",
+                      str(m.upstream_connections), f"{m.other_cores:.2f}"]
+            out.append("| " + " | ".join(cells) + " |")
+        sluice, floor = by_path.get("sluice"), by_path.get("floor")
+        if sluice and floor and direct:
+            added_ratios.append(quotient(added(sluice, direct, kind, "p50"),
+                                         added(floor, direct, kind, "p50")))
+            p99_ratios.append(quotient(added(sluice, direct, kind, "p99"),
+                                       added(floor, direct, kind, "p99")))
+            abs_ratios.append(quotient(sluice.ms(kind, "p50"), floor.ms(kind, "p50")))
     summary = []
-    sluice, floor = by_path.get("sluice"), by_path.get("floor")
-    if sluice and floor and direct:
-        s_add, f_add = added(sluice, direct, kind, "p50"), added(floor, direct, kind, "p50")
-        lines = [f"Added {what} p50, Sluice ÷ floor: {ratio(s_add, f_add)} "
-                 f"({fmt(s_add)} ÷ {fmt(f_add)} ms); p99: "
-                 f"{ratio(added(sluice, direct, kind, 'p99'), added(floor, direct, kind, 'p99'))}."]
+    if added_ratios:
+        def listed(ratios: list[float | None]) -> str:
+            shown = ", ".join(f"{x:.2f}×" if x is not None else "n/a" for x in ratios)
+            middle = median(ratios)
+            if len(ratios) == 1:
+                return shown
+            return f"{shown}; median {middle:.2f}×" if middle is not None else shown
+        lines = [f"Added {what} p50, Sluice ÷ floor, per round: {listed(added_ratios)}. "
+                 f"Added p99: {listed(p99_ratios)}."]
         if scenario.stream:
-            s_abs, f_abs = sluice.ms(kind, "p50"), floor.ms(kind, "p50")
-            lines.append(f"Time to first byte p50, Sluice ÷ floor: {ratio(s_abs, f_abs)} "
-                         f"({fmt(s_abs)} ÷ {fmt(f_abs)} ms).")
-            summary.append(f"{scenario.name}: time to first byte p50 within "
-                           f"{TARGET_RATIO}× the floor's: {verdict(s_abs, f_abs)} "
-                           f"({ratio(s_abs, f_abs)}; added: {ratio(s_add, f_add)})")
+            lines.append(f"Time to first byte p50, Sluice ÷ floor, per round: "
+                         f"{listed(abs_ratios)}.")
+            summary.append(f"{scenario.name}: time to first byte p50 within {TARGET_RATIO}× "
+                           f"the floor's: {verdict(median(abs_ratios))} (median of rounds; "
+                           f"added: {listed(added_ratios)})")
         else:
             summary.append(f"{scenario.name}: added p50 within {TARGET_RATIO}× the floor's: "
-                           f"{verdict(s_add, f_add)} ({ratio(s_add, f_add)})")
+                           f"{verdict(median(added_ratios))} (median of rounds: "
+                           f"{listed(added_ratios)})")
         out += [""] + [line + "  " for line in lines[:-1]] + lines[-1:]
-    if sluice and not scenario.stream and scenario.rate >= 2000:
+    sluice_runs = [m for rows in rounds for m in rows if m.path == "sluice"]
+    if sluice_runs and not scenario.stream and scenario.rate >= 2000:
+        errors = sum(m.report["errors"] for m in sluice_runs)
+        requests = sum(m.report["requests"] for m in sluice_runs)
         summary.append(f"{scenario.name}: zero errors through Sluice: "
-                       f"{'met' if sluice.report['errors'] == 0 else '**missed**'} "
-                       f"({sluice.report['errors']} errors in {sluice.report['requests']})")
-    if max(m.other_cores for m in rows) > 0.25:
-        out += ["", f"**Warning:** other processes used up to "
-                    f"{max(m.other_cores for m in rows):.2f} cores during these runs."]
+                       f"{'met' if errors == 0 else '**missed**'} "
+                       f"({errors} errors in {requests})")
+    background = max(m.other_cores for rows in rounds for m in rows)
+    if background > 0.25:
+        out += ["", f"**Warning:** other processes used up to {background:.2f} cores during "
+                    f"these runs."]
     return "\n".join(out), summary
+
+
+def quotient(x: float | None, y: float | None) -> float | None:
+    """x ÷ y; None when the floor's figure is zero or negative (below run-to-run noise)."""
+    return x / y if x is not None and y is not None and y > 0 else None
+
+
+def median(ratios: list[float | None]) -> float | None:
+    """The median of the rounds' ratios; a round without one (the floor added nothing
+    measurable) counts as a ratio the target cannot fail, as its Sluice run added little."""
+    known = [x if x is not None else 0.0 for x in ratios]
+    return statistics.median(known) if known else None
 
 
 # ---------------------------------------------------------------- the run
@@ -325,6 +359,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--kinds", default="non-streamed,streamed",
                    help="comma-separated subset of non-streamed,streamed (default: both)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each run")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds per scenario: each measures every path, the floor and Sluice in "
+                        "alternating order; the verdict is the median of the rounds' ratios")
     p.add_argument("--connections", type=int, default=64, help="load generator connections")
     p.add_argument("--threads", type=int, default=2,
                    help="worker threads of the provider and the floor (Sluice's default is 2)")
@@ -348,7 +385,7 @@ def parse_args() -> argparse.Namespace:
 
 def scenarios(args) -> list[Scenario]:
     if args.quick:
-        args.connections, args.warmup = 8, 0.5
+        args.connections, args.warmup, args.rounds = 8, 0.5, 1
         return [Scenario(False, 100, 2), Scenario(True, 100, 2)]
     chosen = SCENARIOS
     if args.rates:
@@ -376,28 +413,33 @@ def main() -> int:
         load = Load(bin_dir / "perf-llm-load", args.connections, services, stats_url)
         tables, summary, failures, commands = [], [], [], {}
         for scenario in chosen:
-            rows = []
-            for path, target in targets.items():
+            for target in targets.values():
                 target.check(scenario)
-                if args.warmup > 0:
-                    load.run(scenario, target, args.warmup)
-                m = load.run(scenario, target, scenario.duration)
-                rows.append(m)
-                commands[f"{scenario.name}, {path}"] = shlex.join(m.command)
-                r = m.report
-                print(f"{scenario.name:>26} {path:>6}: {r['requests']} req "
-                      f"({r['achieved_rps']:.0f}/s) first byte p50 "
-                      f"{fmt(m.ms('first_byte_ms', 'p50'))} p99 "
-                      f"{fmt(m.ms('first_byte_ms', 'p99'))}, whole p50 "
-                      f"{fmt(m.ms('total_ms', 'p50'))} p99 {fmt(m.ms('total_ms', 'p99'))} ms, "
-                      f"{r['errors']} errors, {m.upstream_connections} provider conns, "
-                      f"other load {m.other_cores:.2f} cores", flush=True)
-                if r["errors"]:
-                    failures.append(f"{scenario.name}, {path}: {r['errors']} errors "
-                                    f"{r['error_kinds']}")
-                if r["ok"] == 0 or m.ms("total_ms", "p50") is None:
-                    failures.append(f"{scenario.name}, {path}: no successful request")
-            table, lines = scenario_table(scenario, rows)
+            rounds = []
+            for number in range(args.rounds):
+                rows = []
+                for path in round_order(list(targets), number):
+                    target = targets[path]
+                    if args.warmup > 0:
+                        load.run(scenario, target, args.warmup)
+                    m = load.run(scenario, target, scenario.duration)
+                    rows.append(m)
+                    commands[f"{scenario.name}, {path}"] = shlex.join(m.command)
+                    r = m.report
+                    print(f"{scenario.name:>26} {path:>6} #{number + 1}: {r['requests']} req "
+                          f"({r['achieved_rps']:.0f}/s) first byte p50 "
+                          f"{fmt(m.ms('first_byte_ms', 'p50'))} p99 "
+                          f"{fmt(m.ms('first_byte_ms', 'p99'))}, whole p50 "
+                          f"{fmt(m.ms('total_ms', 'p50'))} p99 {fmt(m.ms('total_ms', 'p99'))} "
+                          f"ms, {r['errors']} errors, {m.upstream_connections} provider conns, "
+                          f"other load {m.other_cores:.2f} cores", flush=True)
+                    if r["errors"]:
+                        failures.append(f"{scenario.name}, {path}: {r['errors']} errors "
+                                        f"{r['error_kinds']}")
+                    if r["ok"] == 0 or m.ms("total_ms", "p50") is None:
+                        failures.append(f"{scenario.name}, {path}: no successful request")
+                rounds.append(rows)
+            table, lines = scenario_table(scenario, rounds)
             tables.append(table)
             summary += lines
         report = "\n\n".join(tables)
@@ -428,6 +470,13 @@ def main() -> int:
             service.stop()
 
 
+def round_order(paths: list[str], number: int) -> list[str]:
+    """The paths of round `number`: direct first, then the others, reversed every other round
+    so that neither the floor nor Sluice always runs right after the other."""
+    rest = [p for p in paths if p != "direct"]
+    return ["direct"] + (rest if number % 2 == 0 else rest[::-1])
+
+
 def log_problems(log: Path, most: int = 20) -> str:
     """The last WARN and ERROR lines of a log, for a report that says what went wrong."""
     lines = [line for line in log.read_text(errors="replace").splitlines()
@@ -444,7 +493,8 @@ def record(started, load_average, args, build_cmd, services, commands, report,
         f"{', '.join(f'{x:.2f}' for x in load_average)}",
         f"- Commit: {commit()}",
         f"- Load generator: perf-llm-load, {args.connections} connections, open loop from the "
-        f"intended send time, exact percentiles; {args.warmup:g} s warm-up before each run",
+        f"intended send time, exact percentiles; {args.warmup:g} s warm-up before each run; "
+        f"{args.rounds} round(s) per scenario, the floor and Sluice in alternating order",
         f"- Fake provider: message_start at once, the rest after {args.stream_delay_ms} ms",
         f"- Run: `{shlex.join(['python3', 'perf/llm.py'] + sys.argv[1:])}`",
         f"- Build: `{shlex.join(build_cmd)}` (`CARGO_TARGET_DIR={args.target_dir}`)",
