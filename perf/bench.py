@@ -36,6 +36,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -597,57 +598,90 @@ def added(m: Measurement, direct: Measurement, attr: str) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def scenario_table(scenario: Scenario, rows: list[Measurement], search: dict) -> str:
-    direct = next((m for m in rows if m.path == "direct"), None)
-    out = [f"### {scenario.name}: {scenario.rate} RPS for {scenario.duration:g} s", "",
+def scenario_table(scenario: Scenario, rounds: list[list[Measurement]], search: dict) -> str:
+    """One scenario's table, a row per path and round, and each round's ratios of added
+    latency (with their median when there are several rounds)."""
+    runs = f", {len(rounds)} rounds" if len(rounds) > 1 else ""
+    out = [f"### {scenario.name}: {scenario.rate} RPS for {scenario.duration:g} s{runs}", "",
            "| path | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | errors "
            "| CPU s/1k req: proxy / upstream / oha | peak RSS MB: proxy / upstream "
            "| upstream conns opened | other load (cores) | max rate (p99 < 10 ms) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    background = [m.load.other_cores for m in rows]
-    for m in rows:
-        proxy = m.path if m.path != "direct" else None
-        cpu_proxy = fmt(m.cpu_per_1k.get(proxy), 3) if proxy else "-"
-        rss_proxy = fmt(m.peak_rss_mb.get(proxy), 1) if proxy else "-"
-        gen_cpu = m.load.generator_cpu_s / (max(m.load.requests, 1) / 1000)
-        best, failed = search.get(m.path, (None, None))
-        if m.path not in search:
-            max_rate = "not searched"
-        elif failed:
-            max_rate = (f"{best or '< ' + str(failed.rate)} (at {failed.rate}: p99 "
-                        f"{fmt(failed.p99_ms)} ms, {failed.achieved_rps:.0f} RPS, "
-                        f"{failed.errors} errors, other load {failed.other_cores:.2f})")
-            background.append(failed.other_cores)
-        else:
-            max_rate = f"≥ {best} (every step passed)"
-        adds = [fmt(added(m, direct, a)) if direct and m is not direct else "-"
-                for a in ("p50_ms", "p99_ms", "p999_ms")]
-        errors = str(m.load.errors) + (f" {m.load.error_kinds}" if m.load.errors else "")
-        out.append(
-            f"| {m.path} | {fmt(m.load.p50_ms)} | {fmt(m.load.p99_ms)} | {fmt(m.load.p999_ms)} "
-            f"| {' | '.join(adds)} | {errors} "
-            f"| {cpu_proxy} / {fmt(m.cpu_per_1k['upstream'], 3)} / {gen_cpu:.3f} "
-            f"| {rss_proxy} / {fmt(m.peak_rss_mb['upstream'], 1)} "
-            f"| {m.upstream_connections} | {m.load.other_cores:.2f} | {max_rate} |")
-    by_path = {m.path: m for m in rows}
+    background = [m.load.other_cores for rows in rounds for m in rows]
+    for number, rows in enumerate(rounds, 1):
+        direct = next((m for m in rows if m.path == "direct"), None)
+        for m in sorted(rows, key=lambda m: PATHS.index(m.path)):
+            proxy = m.path if m.path != "direct" else None
+            cpu_proxy = fmt(m.cpu_per_1k.get(proxy), 3) if proxy else "-"
+            rss_proxy = fmt(m.peak_rss_mb.get(proxy), 1) if proxy else "-"
+            gen_cpu = m.load.generator_cpu_s / (max(m.load.requests, 1) / 1000)
+            best, failed = search.get(m.path, (None, None))
+            if m.path not in search or number > 1:
+                max_rate = "not searched"
+            elif failed:
+                max_rate = (f"{best or '< ' + str(failed.rate)} (at {failed.rate}: p99 "
+                            f"{fmt(failed.p99_ms)} ms, {failed.achieved_rps:.0f} RPS, "
+                            f"{failed.errors} errors, other load {failed.other_cores:.2f})")
+                background.append(failed.other_cores)
+            else:
+                max_rate = f"≥ {best} (every step passed)"
+            adds = [fmt(added(m, direct, a)) if direct and m is not direct else "-"
+                    for a in ("p50_ms", "p99_ms", "p999_ms")]
+            errors = str(m.load.errors) + (f" {m.load.error_kinds}" if m.load.errors else "")
+            label = f"{m.path} #{number}" if len(rounds) > 1 else m.path
+            out.append(
+                f"| {label} | {fmt(m.load.p50_ms)} | {fmt(m.load.p99_ms)} "
+                f"| {fmt(m.load.p999_ms)} | {' | '.join(adds)} | {errors} "
+                f"| {cpu_proxy} / {fmt(m.cpu_per_1k['upstream'], 3)} / {gen_cpu:.3f} "
+                f"| {rss_proxy} / {fmt(m.peak_rss_mb['upstream'], 1)} "
+                f"| {m.upstream_connections} | {m.load.other_cores:.2f} | {max_rate} |")
     names = {"sluice": "Sluice", "floor": "floor", "nginx": "nginx"}
     ratio_lines = []
     for a, b in (("sluice", "floor"), ("sluice", "nginx"), ("floor", "nginx")):
-        if not (direct and a in by_path and b in by_path):
-            continue
-        ratios = []
+        parts = []
         for attr, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")):
-            x, y = added(by_path[a], direct, attr), added(by_path[b], direct, attr)
-            ratios.append(f"{label} {x / y:.2f}×" if x is not None and y and y > 0 else
-                          f"{label} n/a")
-        ratio_lines.append(f"Added latency, {names[a]} ÷ {names[b]}: " + ", ".join(ratios) + ".")
+            ratios = []
+            for rows in rounds:
+                by_path = {m.path: m for m in rows}
+                direct = by_path.get("direct")
+                if not (direct and a in by_path and b in by_path):
+                    continue
+                x, y = added(by_path[a], direct, attr), added(by_path[b], direct, attr)
+                ratios.append(x / y if x is not None and y and y > 0 else None)
+            if ratios:
+                parts.append(f"{label} {listed(ratios)}")
+        if parts:
+            ratio_lines.append(f"Added latency, {names[a]} ÷ {names[b]}: " + "; ".join(parts)
+                               + ".")
     if ratio_lines:
         out += [""] + [line + "  " for line in ratio_lines[:-1]] + ratio_lines[-1:]
-    out += ["", "Answers: " + ", ".join(f"{m.path} `{m.content_type}`" for m in rows) + "."]
+    first = rounds[0] if rounds else []
+    out += ["", "Answers: " + ", ".join(f"{m.path} `{m.content_type}`" for m in first) + "."]
     if max(background) > BACKGROUND_LIMIT:
         out += ["", f"**Warning:** other processes used up to {max(background):.2f} cores during "
                     "these runs; the numbers are not reliable."]
     return "\n".join(out)
+
+
+def median_ratio(ratios: list[float | None]) -> float | None:
+    """The median of rounds' ratios. A round whose denominator added nothing measurable has no
+    ratio; it counts as 0, a ratio no target fails, as the numerator added little too."""
+    known = [x if x is not None else 0.0 for x in ratios]
+    return statistics.median(known) if known else None
+
+
+def listed(ratios: list[float | None]) -> str:
+    """Rounds' ratios as `1.10×` (`n/a` for a round without one), several with their median."""
+    shown = ", ".join(f"{x:.2f}×" if x is not None else "n/a" for x in ratios)
+    middle = median_ratio(ratios)
+    return f"{shown} (median {middle:.2f}×)" if len(ratios) > 1 and middle is not None else shown
+
+
+def round_order(paths: list[str], number: int) -> list[str]:
+    """The paths of round `number`: direct first, then the others, reversed every other round
+    so that no proxy always runs right after another."""
+    rest = [p for p in paths if p != "direct"]
+    return ["direct"] + (rest if number % 2 == 0 else rest[::-1])
 
 
 def machine() -> str:
@@ -684,6 +718,10 @@ def parse_args() -> argparse.Namespace:
                    help="requests per second of every scenario (default: 5000 small, 1000 large, "
                         "200 list); a low rate shows the latency of a gateway that is mostly idle")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each run")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="rounds per scenario: each measures every path, the proxies in "
+                        "alternating order, and gives its own ratios (with their median); on a "
+                        "shared machine, paths measured in one round met the same neighbours")
     p.add_argument("--connections", type=int, default=64, help="oha connections (-c)")
     p.add_argument("--threads", type=int, default=2,
                    help="worker threads of the upstream and the floor (Sluice's default is 2)")
@@ -737,7 +775,7 @@ def main() -> int:
     if args.quick:
         scenarios = [dataclasses.replace(s, rate=100, duration=3) for s in scenarios
                      if s.tool == "small"]
-        args.connections, args.warmup, args.no_search = 8, 0.5, True
+        args.connections, args.warmup, args.no_search, args.rounds = 8, 0.5, True, 1
     else:
         if args.duration:
             scenarios = [dataclasses.replace(s, duration=args.duration) for s in scenarios]
@@ -754,39 +792,46 @@ def main() -> int:
         load = Load(oha, args.connections, work, list(services.values()))
         tables, failures, commands, measurements = [], [], {}, []
         for scenario in scenarios:
-            rows, search = [], {}
+            rounds, search, checked = [], {}, {}
             for path, target in targets.items():
                 try:
-                    content_type = target.check(scenario)
+                    checked[path] = target.check(scenario)
                 except BenchError as e:
                     failures.append(f"{scenario.name}: {e}")
                     print(f"FAIL {failures[-1]}", flush=True)
-                    continue
-                procs = [services["upstream"]] + ([services[path]] if path in services else [])
-                m = measure(load, scenario, target, procs, stats_url, scenario.rate,
-                            scenario.duration, args.warmup, content_type)
-                rows.append(m)
-                measurements.append(m)
-                command = shlex.join(m.load.command)
-                if target.bearer_key:  # a fresh random key: recorded as where it came from
-                    command = command.replace(f"'Authorization: Bearer {target.bearer_key}'",
-                                              '"Authorization: Bearer $SLUICE_BENCH_KEY"')
-                commands[f"{scenario.name}, {path}"] = command
-                print(f"{scenario.name:>22} {path:>6}: {m.load.requests} req "
-                      f"({m.load.achieved_rps:.0f}/s) p50 {fmt(m.load.p50_ms)} "
-                      f"p99 {fmt(m.load.p99_ms)} p99.9 {fmt(m.load.p999_ms)} ms, "
-                      f"{m.load.errors} errors, {m.upstream_connections} upstream conns, "
-                      f"other load {m.load.other_cores:.2f} cores",
-                      flush=True)
-                if m.load.errors:
-                    failures.append(f"{scenario.name}, {path}: {m.load.errors} errors "
-                                    f"{m.load.error_kinds}")
-                if not args.no_search:
-                    search[path] = max_sustainable(load, scenario, target, args.search_step)
-                    print(f"{'':>22} {path:>6}: max sustainable rate {search[path][0]}",
+            for number in range(args.rounds):
+                rows = []
+                for path in round_order([p for p in targets if p in checked], number):
+                    target = targets[path]
+                    procs = [services["upstream"]] + ([services[path]] if path in services
+                                                      else [])
+                    m = measure(load, scenario, target, procs, stats_url, scenario.rate,
+                                scenario.duration, args.warmup, checked[path])
+                    rows.append(m)
+                    measurements.append(m)
+                    command = shlex.join(m.load.command)
+                    if target.bearer_key:  # a fresh random key: recorded as where it came from
+                        command = command.replace(
+                            f"'Authorization: Bearer {target.bearer_key}'",
+                            '"Authorization: Bearer $SLUICE_BENCH_KEY"')
+                    commands[f"{scenario.name}, {path}"] = command
+                    print(f"{scenario.name:>22} {path:>6} #{number + 1}: {m.load.requests} req "
+                          f"({m.load.achieved_rps:.0f}/s) p50 {fmt(m.load.p50_ms)} "
+                          f"p99 {fmt(m.load.p99_ms)} p99.9 {fmt(m.load.p999_ms)} ms, "
+                          f"{m.load.errors} errors, {m.upstream_connections} upstream conns, "
+                          f"other load {m.load.other_cores:.2f} cores",
                           flush=True)
-            if rows:
-                tables.append(scenario_table(scenario, rows, search))
+                    if m.load.errors:
+                        failures.append(f"{scenario.name}, {path}: {m.load.errors} errors "
+                                        f"{m.load.error_kinds}")
+                    if not args.no_search and number == 0:
+                        search[path] = max_sustainable(load, scenario, target, args.search_step)
+                        print(f"{'':>22} {path:>6}: max sustainable rate {search[path][0]}",
+                              flush=True)
+                if rows:
+                    rounds.append(rows)
+            if rounds:
+                tables.append(scenario_table(scenario, rounds, search))
         for service in services.values():
             service.check_alive()
         report = "\n\n".join(tables)
@@ -824,7 +869,8 @@ def record(started, load_average, args, build_cmd, oha_version, services, comman
         f"{', '.join(f'{x:.2f}' for x in load_average)}",
         f"- Commit: {commit()}",
         f"- Load generator: {oha_version}, {args.connections} connections, open loop with "
-        f"`--latency-correction`, {args.warmup:g} s warm-up before each run; max rate: "
+        f"`--latency-correction`, {args.warmup:g} s warm-up before each run, {args.rounds} "
+        f"round(s) per scenario, the proxies in alternating order; max rate: "
         f"{args.search_step:g} s per step",
         f"- Run: `{shlex.join(['python3', 'perf/bench.py'] + sys.argv[1:])}`",
         f"- Build: `{shlex.join(build_cmd)}`",

@@ -39,7 +39,6 @@ import os
 import resource
 import secrets
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,8 +56,11 @@ from bench import (  # noqa: E402  (bench.py sits next to this file)
     fmt,
     free_port,
     http,
+    listed,
     machine,
     machine_busy_seconds,
+    median_ratio,
+    round_order,
     sluice_config,
     start_redis,
     upstream_stats,
@@ -299,24 +301,17 @@ def scenario_table(scenario: Scenario, rounds: list[list[Measurement]]) -> tuple
             abs_ratios.append(quotient(sluice.ms(kind, "p50"), floor.ms(kind, "p50")))
     summary = []
     if added_ratios:
-        def listed(ratios: list[float | None]) -> str:
-            shown = ", ".join(f"{x:.2f}×" if x is not None else "n/a" for x in ratios)
-            middle = median(ratios)
-            if len(ratios) == 1:
-                return shown
-            return f"{shown}; median {middle:.2f}×" if middle is not None else shown
         lines = [f"Added {what} p50, Sluice ÷ floor, per round: {listed(added_ratios)}. "
                  f"Added p99: {listed(p99_ratios)}."]
         if scenario.stream:
             lines.append(f"Time to first byte p50, Sluice ÷ floor, per round: "
                          f"{listed(abs_ratios)}.")
             summary.append(f"{scenario.name}: time to first byte p50 within {TARGET_RATIO}× "
-                           f"the floor's: {verdict(median(abs_ratios))} (median of rounds; "
+                           f"the floor's: {verdict(median_ratio(abs_ratios))} ({listed(abs_ratios)}; "
                            f"added: {listed(added_ratios)})")
         else:
             summary.append(f"{scenario.name}: added p50 within {TARGET_RATIO}× the floor's: "
-                           f"{verdict(median(added_ratios))} (median of rounds: "
-                           f"{listed(added_ratios)})")
+                           f"{verdict(median_ratio(added_ratios))} ({listed(added_ratios)})")
         out += [""] + [line + "  " for line in lines[:-1]] + lines[-1:]
     sluice_runs = [m for rows in rounds for m in rows if m.path == "sluice"]
     if sluice_runs and not scenario.stream and scenario.rate >= 2000:
@@ -335,13 +330,6 @@ def scenario_table(scenario: Scenario, rounds: list[list[Measurement]]) -> tuple
 def quotient(x: float | None, y: float | None) -> float | None:
     """x ÷ y; None when the floor's figure is zero or negative (below run-to-run noise)."""
     return x / y if x is not None and y is not None and y > 0 else None
-
-
-def median(ratios: list[float | None]) -> float | None:
-    """The median of the rounds' ratios; a round without one (the floor added nothing
-    measurable) counts as a ratio the target cannot fail, as its Sluice run added little."""
-    known = [x if x is not None else 0.0 for x in ratios]
-    return statistics.median(known) if known else None
 
 
 # ---------------------------------------------------------------- the run
@@ -468,13 +456,6 @@ def main() -> int:
     finally:
         for service in reversed(list(services.values())):
             service.stop()
-
-
-def round_order(paths: list[str], number: int) -> list[str]:
-    """The paths of round `number`: direct first, then the others, reversed every other round
-    so that neither the floor nor Sluice always runs right after the other."""
-    rest = [p for p in paths if p != "direct"]
-    return ["direct"] + (rest if number % 2 == 0 else rest[::-1])
 
 
 def log_problems(log: Path, most: int = 20) -> str:
