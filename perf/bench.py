@@ -646,8 +646,8 @@ def scenario_table(scenario: Scenario, rounds: list[list[Measurement]], search: 
                 direct = by_path.get("direct")
                 if not (direct and a in by_path and b in by_path):
                     continue
-                x, y = added(by_path[a], direct, attr), added(by_path[b], direct, attr)
-                ratios.append(x / y if x is not None and y and y > 0 else None)
+                ratios.append(quotient(added(by_path[a], direct, attr),
+                                       added(by_path[b], direct, attr)))
             if ratios:
                 parts.append(f"{label} {listed(ratios)}")
         if parts:
@@ -661,6 +661,11 @@ def scenario_table(scenario: Scenario, rounds: list[list[Measurement]], search: 
         out += ["", f"**Warning:** other processes used up to {max(background):.2f} cores during "
                     "these runs; the numbers are not reliable."]
     return "\n".join(out)
+
+
+def quotient(x: float | None, y: float | None) -> float | None:
+    """x ÷ y; None when the denominator is zero or negative (below run-to-run noise)."""
+    return x / y if x is not None and y is not None and y > 0 else None
 
 
 def median_ratio(ratios: list[float | None]) -> float | None:

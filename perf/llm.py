@@ -60,6 +60,7 @@ from bench import (  # noqa: E402  (bench.py sits next to this file)
     machine,
     machine_busy_seconds,
     median_ratio,
+    quotient,
     round_order,
     sluice_config,
     start_redis,
@@ -307,8 +308,8 @@ def scenario_table(scenario: Scenario, rounds: list[list[Measurement]]) -> tuple
             lines.append(f"Time to first byte p50, Sluice ÷ floor, per round: "
                          f"{listed(abs_ratios)}.")
             summary.append(f"{scenario.name}: time to first byte p50 within {TARGET_RATIO}× "
-                           f"the floor's: {verdict(median_ratio(abs_ratios))} ({listed(abs_ratios)}; "
-                           f"added: {listed(added_ratios)})")
+                           f"the floor's: {verdict(median_ratio(abs_ratios))} "
+                           f"({listed(abs_ratios)}; added: {listed(added_ratios)})")
         else:
             summary.append(f"{scenario.name}: added p50 within {TARGET_RATIO}× the floor's: "
                            f"{verdict(median_ratio(added_ratios))} ({listed(added_ratios)})")
@@ -325,11 +326,6 @@ def scenario_table(scenario: Scenario, rounds: list[list[Measurement]]) -> tuple
         out += ["", f"**Warning:** other processes used up to {background:.2f} cores during "
                     f"these runs."]
     return "\n".join(out), summary
-
-
-def quotient(x: float | None, y: float | None) -> float | None:
-    """x ÷ y; None when the floor's figure is zero or negative (below run-to-run noise)."""
-    return x / y if x is not None and y is not None and y > 0 else None
 
 
 # ---------------------------------------------------------------- the run
