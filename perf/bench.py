@@ -608,9 +608,10 @@ def scenario_table(scenario: Scenario, rounds: list[list[Measurement]], search: 
            "| upstream conns opened | other load (cores) | max rate (p99 < 10 ms) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     background = [m.load.other_cores for rows in rounds for m in rows]
-    for number, rows in enumerate(rounds, 1):
-        direct = next((m for m in rows if m.path == "direct"), None)
-        for m in sorted(rows, key=lambda m: PATHS.index(m.path)):
+    by_round = [{m.path: m for m in rows} for rows in rounds]
+    for number, by_path in enumerate(by_round, 1):
+        direct = by_path.get("direct")
+        for m in sorted(by_path.values(), key=lambda m: PATHS.index(m.path)):
             proxy = m.path if m.path != "direct" else None
             cpu_proxy = fmt(m.cpu_per_1k.get(proxy), 3) if proxy else "-"
             rss_proxy = fmt(m.peak_rss_mb.get(proxy), 1) if proxy else "-"
@@ -640,14 +641,8 @@ def scenario_table(scenario: Scenario, rounds: list[list[Measurement]], search: 
     for a, b in (("sluice", "floor"), ("sluice", "nginx"), ("floor", "nginx")):
         parts = []
         for attr, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")):
-            ratios = []
-            for rows in rounds:
-                by_path = {m.path: m for m in rows}
-                direct = by_path.get("direct")
-                if not (direct and a in by_path and b in by_path):
-                    continue
-                ratios.append(quotient(added(by_path[a], direct, attr),
-                                       added(by_path[b], direct, attr)))
+            ratios = [quotient(added(r[a], r["direct"], attr), added(r[b], r["direct"], attr))
+                      for r in by_round if "direct" in r and a in r and b in r]
             if ratios:
                 parts.append(f"{label} {listed(ratios)}")
         if parts:
@@ -753,6 +748,8 @@ def parse_args() -> argparse.Namespace:
                 "sluice")
     if any(x not in ("small", "large", "list") for x in args.scenarios):
         p.error("--scenarios takes small, large, list")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     args.sluice_bin = args.sluice_bin or args.target_dir / "release" / "sluice"
     args.notes = []
     if "nginx" in args.paths:

@@ -363,6 +363,8 @@ def parse_args() -> argparse.Namespace:
     args.paths = [x for x in args.paths.split(",") if x]
     if "direct" not in args.paths or any(x not in PATHS for x in args.paths):
         p.error("--paths must include direct (the baseline) and only direct, floor, sluice")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     args.sluice_bin = args.sluice_bin or args.target_dir / "release" / "sluice"
     return args
 
