@@ -156,6 +156,13 @@ struct Counted {
     deadline: Pin<Box<Sleep>>,
 }
 
+/// What ends a request head.
+const HEAD_END: &[u8] = b"\r\n\r\n";
+
+/// A searcher for [`HEAD_END`], built once: `memmem::find` builds one on every call.
+static HEAD_END_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(HEAD_END));
+
 impl Counted {
     fn new(inner: Stream, slot: Slot, head_timeout: Option<Duration>) -> Self {
         Counted {
@@ -185,8 +192,8 @@ impl Counted {
         let head = bytes.len().min(3);
         seam[..3].copy_from_slice(&self.tail);
         seam[3..3 + head].copy_from_slice(&bytes[..head]);
-        if memchr::memmem::find(&seam[..3 + head], b"\r\n\r\n").is_some()
-            || memchr::memmem::find(bytes, b"\r\n\r\n").is_some()
+        if seam[..3 + head].windows(4).any(|w| w == HEAD_END)
+            || HEAD_END_FINDER.find(bytes).is_some()
         {
             self.phase = Phase::Rest;
         }
