@@ -172,7 +172,7 @@ impl Observation {
     pub fn read(self) -> Observed {
         match self {
             Observation::Read(observed) => observed,
-            Observation::Unread { format, body } => observe_body(format, &body),
+            Observation::Unread { format, body } => observe_plain_body(format, &body),
         }
     }
 }
@@ -198,6 +198,59 @@ pub fn observe_body(format: Format, body: &[u8]) -> Observed {
     match is_object.then(|| serde_json::from_slice::<Fields>(body)) {
         Some(Ok(fields)) => fields.observe(format),
         _ => observe_value(format, body),
+    }
+}
+
+/// [`observe_body`] for a body that [`holds_no_tool_call`]: its content blocks and messages are
+/// skipped over, not read (about half the work of reading a short answer).
+fn observe_plain_body(format: Format, body: &[u8]) -> Observed {
+    let is_object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    match is_object.then(|| serde_json::from_slice::<Plain>(body)) {
+        Some(Ok(plain)) => Fields::from(plain).observe(format),
+        _ => observe_value(format, body),
+    }
+}
+
+/// The fields of a body without tool calls that are observed: [`Fields`] but the content
+/// blocks and the choices' messages.
+#[derive(Deserialize)]
+struct Plain<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+    usage: Option<Counts>,
+    #[serde(borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    choices: Option<Vec<Reason<'a>>>,
+}
+
+/// An OpenAI choice, for why it finished.
+#[derive(Deserialize)]
+struct Reason<'a> {
+    #[serde(borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+impl<'a> From<Plain<'a>> for Fields<'a> {
+    fn from(plain: Plain<'a>) -> Self {
+        Fields {
+            id: plain.id,
+            error: plain.error,
+            usage: plain.usage,
+            stop_reason: plain.stop_reason,
+            content: None,
+            choices: plain.choices.map(|choices| {
+                choices
+                    .into_iter()
+                    .map(|c| Choice {
+                        finish_reason: c.finish_reason,
+                        message: None,
+                    })
+                    .collect()
+            }),
+        }
     }
 }
 
@@ -691,6 +744,31 @@ mod tests {
             }
         );
         assert_eq!(seen.usage.total(), 122);
+    }
+
+    /// A body without tool calls reads the same with its content skipped as read whole.
+    #[test]
+    fn plain_bodies_read_as_whole_ones() {
+        let bodies = [
+            json!({"id": "msg_1", "type": "message", "content": [{"type": "text", "text": "hi"}],
+                "stop_reason": "end_turn", "usage": {"input_tokens": 3, "output_tokens": 2, "cache_read_input_tokens": 4}}),
+            json!({"id": "chatcmpl-1", "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "hi"}}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 4}}}),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}),
+            json!({"content": "not blocks", "usage": {"input_tokens": "many"}}),
+            json!([1, 2]),
+        ];
+        for body in bodies {
+            let text = body.to_string();
+            for format in [A, O] {
+                assert!(holds_no_tool_call(text.as_bytes()));
+                let plain = observe_plain_body(format, text.as_bytes());
+                assert_eq!(plain, observe_body(format, text.as_bytes()), "{text}");
+                assert_eq!(plain, observe_value(format, text.as_bytes()), "{text}");
+            }
+        }
+        assert!(observe_plain_body(A, b"{\"usage\":").error.is_some());
     }
 
     #[test]
