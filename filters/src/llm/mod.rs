@@ -473,7 +473,7 @@ impl LlmEndpoint {
         LlmRecord {
             time: Timestamp::now(),
             request_id: self.next_record_id(),
-            key: admission.key.name.to_string(),
+            key: String::from(&*admission.key.name),
             method: admission.api.label(),
             model: model.to_string(),
             provider: None,
@@ -650,7 +650,7 @@ impl LlmEndpoint {
         self.services.audit.record(LlmRecord {
             time: Timestamp::now(),
             request_id: plan.record_id,
-            key: key.name.to_string(),
+            key: String::from(&*key.name),
             method: plan.admission.api.label(),
             model: plan.model,
             provider,

@@ -176,7 +176,7 @@ impl Provider {
                     json_bytes(&translated(request.parsed())?)
                 };
                 (
-                    format!("{}{path}", self.base_path),
+                    [self.base_path.as_str(), path].concat(),
                     body,
                     wire_of(to, stream),
                 )
