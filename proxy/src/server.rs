@@ -64,11 +64,11 @@ pub fn run(config_path: &Path, upgrade: bool) -> Result<(), StartError> {
         grace_period_seconds: Some(config.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock: config.upgrade_sock.to_string_lossy().into_owned(),
-        // Pingora's own timers (one per waiting read: a kept-alive client's next request, a
-        // provider's answer) keep a cancelled timer until its deadline and cost about twice
-        // Tokio's under callgrind. Sluice's timeouts are seconds to minutes long and almost
-        // always cancelled, the case Pingora gives to Tokio's timers: every one of a second or
-        // more goes to Tokio.
+        // A timer runs for each waiting read (a kept-alive client's next request, a provider's
+        // answer). Sluice's timeouts are seconds to minutes long and almost always cancelled:
+        // Pingora's own timers keep a cancelled one until its deadline, and Pingora gives
+        // that case to Tokio's timers. Every timeout of a second or more goes to Tokio (about
+        // 4,000 fewer instructions an LLM request under callgrind; the same CPU under load).
         fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
