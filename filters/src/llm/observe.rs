@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -205,60 +206,20 @@ pub fn observe_body(format: Format, body: &[u8]) -> Observed {
 /// skipped over, not read (about half the work of reading a short answer).
 fn observe_plain_body(format: Format, body: &[u8]) -> Observed {
     let is_object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    match is_object.then(|| serde_json::from_slice::<Plain>(body)) {
-        Some(Ok(plain)) => Fields::from(plain).observe(format),
+    match is_object.then(|| serde_json::from_slice::<Fields<IgnoredAny, IgnoredAny>>(body)) {
+        Some(Ok(fields)) => fields.observe_parts(format).0,
         _ => observe_value(format, body),
-    }
-}
-
-/// The fields of a body without tool calls that are observed: [`Fields`] but the content
-/// blocks and the choices' messages.
-#[derive(Deserialize)]
-struct Plain<'a> {
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    error: Option<&'a RawValue>,
-    usage: Option<Counts>,
-    #[serde(borrow)]
-    stop_reason: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    choices: Option<Vec<Reason<'a>>>,
-}
-
-/// An OpenAI choice, for why it finished.
-#[derive(Deserialize)]
-struct Reason<'a> {
-    #[serde(borrow)]
-    finish_reason: Option<Cow<'a, str>>,
-}
-
-impl<'a> From<Plain<'a>> for Fields<'a> {
-    fn from(plain: Plain<'a>) -> Self {
-        Fields {
-            id: plain.id,
-            error: plain.error,
-            usage: plain.usage,
-            stop_reason: plain.stop_reason,
-            content: None,
-            choices: plain.choices.map(|choices| {
-                choices
-                    .into_iter()
-                    .map(|c| Choice {
-                        finish_reason: c.finish_reason,
-                        message: None,
-                    })
-                    .collect()
-            }),
-        }
     }
 }
 
 /// The fields of a response body that are observed, read in one pass: text is skipped over,
 /// not copied, and only a tool call's parts and an error are kept as raw JSON. A field of an
 /// unexpected type fails the read, and [`observe_body`] then reads the body whole.
+///
+/// `Blocks` and `Msg` read the content blocks and the choices' messages, where the tool calls
+/// are; [`IgnoredAny`] for both skips them ([`observe_plain_body`]).
 #[derive(Deserialize)]
-struct Fields<'a> {
+struct Fields<'a, Blocks = Vec<Block<'a>>, Msg = Message<'a>> {
     #[serde(borrow)]
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -266,10 +227,9 @@ struct Fields<'a> {
     usage: Option<Counts>,
     #[serde(borrow)]
     stop_reason: Option<Cow<'a, str>>,
+    content: Option<Blocks>,
     #[serde(borrow)]
-    content: Option<Vec<Block<'a>>>,
-    #[serde(borrow)]
-    choices: Option<Vec<Choice<'a>>>,
+    choices: Option<Vec<Choice<'a, Msg>>>,
 }
 
 /// An Anthropic content block: the parts of a `tool_use` block.
@@ -285,13 +245,12 @@ struct Block<'a> {
     input: Option<&'a RawValue>,
 }
 
-/// An OpenAI choice: why it finished, and its message's tool calls.
+/// An OpenAI choice: why it finished, and its message (with the tool calls).
 #[derive(Deserialize)]
-struct Choice<'a> {
+struct Choice<'a, Msg> {
     #[serde(borrow)]
     finish_reason: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    message: Option<Message<'a>>,
+    message: Option<Msg>,
 }
 
 #[derive(Deserialize)]
@@ -310,8 +269,10 @@ fn value(raw: Option<&RawValue>) -> Value {
     read(raw).unwrap_or(Value::Null)
 }
 
-impl Fields<'_> {
-    fn observe(self, format: Format) -> Observed {
+impl<Blocks, Msg> Fields<'_, Blocks, Msg> {
+    /// All but the tool calls; with the content blocks and the first choice's message, which
+    /// hold them.
+    fn observe_parts(self, format: Format) -> (Observed, Option<Blocks>, Option<Msg>) {
         let mut seen = Observed {
             response_id: self.id.map(Cow::into_owned),
             ..Observed::default()
@@ -325,25 +286,34 @@ impl Fields<'_> {
             Format::Anthropic => {
                 seen.usage = counts.anthropic();
                 seen.stop_reason = self.stop_reason.map(Cow::into_owned);
-                let blocks = self.content.into_iter().flatten();
-                for block in blocks.filter(|b| b.kind.as_deref() == Some("tool_use")) {
-                    seen.tool_uses.push(ToolUse {
-                        id: read(block.id).unwrap_or_default(),
-                        name: read(block.name).unwrap_or_default(),
-                        input: value(block.input),
-                    });
-                }
+                (seen, self.content, None)
             }
             Format::OpenAi => {
                 seen.usage = counts.openai();
-                if let Some(choice) = self.choices.and_then(|c| c.into_iter().next()) {
+                let choice = self.choices.and_then(|c| c.into_iter().next());
+                let message = choice.and_then(|choice| {
                     seen.stop_reason = choice.finish_reason.map(Cow::into_owned);
-                    let calls = choice.message.and_then(|m| m.tool_calls);
-                    if let Some(calls) = calls {
-                        seen.tool_uses = openai_tool_calls(&value(Some(calls)));
-                    }
-                }
+                    choice.message
+                });
+                (seen, None, message)
             }
+        }
+    }
+}
+
+impl Fields<'_> {
+    fn observe(self, format: Format) -> Observed {
+        let (mut seen, blocks, message) = self.observe_parts(format);
+        let blocks = blocks.into_iter().flatten();
+        for block in blocks.filter(|b| b.kind.as_deref() == Some("tool_use")) {
+            seen.tool_uses.push(ToolUse {
+                id: read(block.id).unwrap_or_default(),
+                name: read(block.name).unwrap_or_default(),
+                input: value(block.input),
+            });
+        }
+        if let Some(calls) = message.and_then(|m| m.tool_calls) {
+            seen.tool_uses = openai_tool_calls(&value(Some(calls)));
         }
         seen.tool_uses.truncate(MAX_TOOL_USES);
         seen
