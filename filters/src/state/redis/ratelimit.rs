@@ -138,6 +138,9 @@ impl Counter for Limits {
 
     type Batch = Batch;
     const WHAT: &'static str = "count requests";
+    /// Requests are admitted on these counts, one at a time: back-to-back requests spread
+    /// over instances are counted exactly only if each count goes out at once.
+    const MIN_GAP: Duration = Duration::from_millis(1);
 
     fn take(&self) -> Option<(Batch, Pipeline)> {
         let now = (self.clock)();

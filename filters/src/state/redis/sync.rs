@@ -3,14 +3,12 @@
 //! in flight at a time, so a busy instance batches) and at least every sync interval.
 
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use ::redis::{Pipeline, Value};
 use tokio::sync::Notify;
 
 use super::shared::{RedisShared, resend_safe};
-
-/// The shortest time between two exchanges of one counter.
-const MIN_GAP: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Counters kept in memory and shared through Redis.
 pub(super) trait Counter: Send + Sync + 'static {
@@ -18,6 +16,11 @@ pub(super) trait Counter: Send + Sync + 'static {
     type Batch: Send;
     /// What the counter does, for messages ("add spend").
     const WHAT: &'static str;
+    /// The shortest time between two of this counter's exchanges (capped by the sync
+    /// interval): under load, counts made within it go together in one exchange. The longer
+    /// it is, the fewer round trips a busy instance makes, and the later the others see its
+    /// counts.
+    const MIN_GAP: Duration;
 
     /// Takes what is pending and the totals to read, with the commands that do it (each
     /// command whose reply matters not ignored); `None` when there is nothing to exchange.
@@ -46,8 +49,8 @@ pub(super) fn spawn<C: Counter>(shared: Arc<RedisShared>, counter: Weak<C>) {
         let mut tick = tokio::time::interval(shared.sync_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Under load, counts wait a little to go together: one exchange per counter every
-        // millisecond at most, not one per request (that cost the request threads CPU).
-        let gap = MIN_GAP.min(shared.sync_interval());
+        // `MIN_GAP` at most, not one per request (that cost the request threads CPU).
+        let gap = C::MIN_GAP.min(shared.sync_interval());
         let mut last = tokio::time::Instant::now();
         loop {
             tokio::time::sleep_until(last + gap).await;
