@@ -35,7 +35,8 @@ pub struct KeyEntry {
     pub grants: Grants,
     /// Lists Code Mode's meta-tools instead of the catalog.
     pub code_mode: bool,
-    /// Model names or globs the key may ask for; `None`: any (the anonymous caller).
+    /// Model names or globs the key may ask for; `None`: any (a key granted `*`, or the
+    /// anonymous caller).
     pub models: Option<Vec<wildmatch::WildMatch>>,
     pub tokens_per_minute: Option<u64>,
     pub budget: Option<sluice_conf::Budget>,
@@ -116,12 +117,13 @@ impl KeyStore {
                 requests_per_minute: key.rate_limit.as_ref().and_then(|l| l.requests_per_minute),
                 grants: Grants::for_key(key, &config.mcp.tool_groups),
                 code_mode: key.code_mode,
-                models: Some(
+                // `*` among the patterns grants every model: no glob to match per request.
+                models: (!key.models.iter().any(|m| m == "*")).then(|| {
                     key.models
                         .iter()
                         .map(|m| wildmatch::WildMatch::new(m))
-                        .collect(),
-                ),
+                        .collect()
+                }),
                 tokens_per_minute: key.rate_limit.as_ref().and_then(|l| l.tokens_per_minute),
                 budget: key.budget.clone(),
             };
