@@ -22,6 +22,10 @@ use crate::state::{Clock, Period, system_clock};
 /// How long a window's key outlives the window (other instances' clocks may lag a little).
 const EXPIRE_AFTER_END: Duration = Duration::from_secs(120);
 
+/// A key's count is urgent (exchanged 1 ms apart, not 10) from a quarter of its limit on: a
+/// count that can wait 10 ms must leave room for what the other instances admit meanwhile.
+const URGENT_SHARE: u64 = 4;
+
 /// Requests per key and minute, counted across instances.
 pub struct RedisRateLimiter {
     inner: Arc<Limits>,
@@ -33,6 +37,8 @@ struct Limits {
     windows: Mutex<Windows>,
     /// Wakes the exchange when something is counted.
     counted: Notify,
+    /// Shortens the exchange's gap when a key's count reaches [`URGENT_SHARE`] of its limit.
+    urgent: Notify,
 }
 
 /// The current window of each key checked in it: one entry per key in use, no more.
@@ -68,6 +74,7 @@ impl RedisRateLimiter {
             clock,
             windows: Mutex::new(Windows::default()),
             counted: Notify::new(),
+            urgent: Notify::new(),
         });
         sync::spawn(shared, Arc::downgrade(&inner));
         RedisRateLimiter { inner }
@@ -106,7 +113,11 @@ impl RateLimiter for RedisRateLimiter {
         }
         window.count += 1;
         window.pending += 1;
+        let urgent = window.count.saturating_mul(URGENT_SHARE) >= u64::from(requests_per_minute);
         drop(windows);
+        if urgent {
+            self.inner.urgent.notify_one();
+        }
         self.inner.counted.notify_one();
         Ok(())
     }
@@ -138,9 +149,15 @@ impl Counter for Limits {
 
     type Batch = Batch;
     const WHAT: &'static str = "count requests";
-    /// Requests are admitted on these counts, one at a time: back-to-back requests spread
-    /// over instances are counted exactly only if each count goes out at once.
-    const MIN_GAP: Duration = Duration::from_millis(1);
+    /// Far from its limit a count can wait: no instance's decision depends on it yet.
+    const GAP: Duration = Duration::from_millis(10);
+    /// Near it, requests are admitted on these counts one at a time: back-to-back requests
+    /// spread over instances are counted exactly only if each count goes out at once.
+    const URGENT_GAP: Duration = Duration::from_millis(1);
+
+    fn urgent(&self) -> Option<&Notify> {
+        Some(&self.urgent)
+    }
 
     fn take(&self) -> Option<(Batch, Pipeline)> {
         let now = (self.clock)();

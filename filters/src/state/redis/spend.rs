@@ -161,7 +161,12 @@ impl Counter for Spending {
     /// Spend is known only when an answer ends, so a budget is already passed by the requests
     /// in flight when it is reached; 10 ms adds little to that, and at thousands of answers a
     /// second it spares Redis and the request threads nine exchanges in ten.
-    const MIN_GAP: Duration = Duration::from_millis(10);
+    const GAP: Duration = Duration::from_millis(10);
+    const URGENT_GAP: Duration = Self::GAP;
+
+    fn urgent(&self) -> Option<&Notify> {
+        None
+    }
 
     fn take(&self) -> Option<(Batch, Pipeline)> {
         let now = (self.clock)();

@@ -16,11 +16,12 @@ pub(super) trait Counter: Send + Sync + 'static {
     type Batch: Send;
     /// What the counter does, for messages ("add spend").
     const WHAT: &'static str;
-    /// The shortest time between two of this counter's exchanges (capped by the sync
-    /// interval): under load, counts made within it go together in one exchange. The longer
-    /// it is, the fewer round trips a busy instance makes, and the later the others see its
-    /// counts.
-    const MIN_GAP: Duration;
+    /// The time between two of this counter's exchanges under load (capped by the sync
+    /// interval): counts made within it go together in one exchange. The longer it is, the
+    /// fewer round trips a busy instance makes, and the later the others see its counts.
+    const GAP: Duration;
+    /// The gap once a count is urgent (see [`Counter::urgent`]).
+    const URGENT_GAP: Duration;
 
     /// Takes what is pending and the totals to read, with the commands that do it (each
     /// command whose reply matters not ignored); `None` when there is nothing to exchange.
@@ -34,6 +35,9 @@ pub(super) trait Counter: Send + Sync + 'static {
     /// Notified when something is counted: it is sent at once rather than at the next tick
     /// (counts made while an exchange is in flight go together in the next one).
     fn counted(&self) -> &Notify;
+    /// Notified when a count comes close to its limit, where the other instances' counts
+    /// decide: from then on exchanges are `URGENT_GAP` apart. `None`: no count is urgent.
+    fn urgent(&self) -> Option<&Notify>;
 }
 
 pub(super) enum Outcome {
@@ -49,14 +53,22 @@ pub(super) fn spawn<C: Counter>(shared: Arc<RedisShared>, counter: Weak<C>) {
         let mut tick = tokio::time::interval(shared.sync_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Under load, counts wait a little to go together: one exchange per counter every
-        // `MIN_GAP` at most, not one per request (that cost the request threads CPU).
-        let gap = C::MIN_GAP.min(shared.sync_interval());
+        // `GAP` at most (`URGENT_GAP` near a limit), not one per request (that cost the
+        // request threads CPU, and Redis a round trip per request and instance).
+        let gap = C::GAP.min(shared.sync_interval());
+        let urgent_gap = C::URGENT_GAP.min(gap);
         let mut last = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep_until(last + gap).await;
             let Some(counter) = counter.upgrade() else {
                 return;
             };
+            match counter.urgent() {
+                Some(urgent) => tokio::select! {
+                    () = tokio::time::sleep_until(last + gap) => {}
+                    () = urgent.notified() => tokio::time::sleep_until(last + urgent_gap).await,
+                },
+                None => tokio::time::sleep_until(last + gap).await,
+            }
             tokio::select! {
                 _ = tick.tick() => {}
                 () = counter.counted().notified() => {}
