@@ -2,7 +2,8 @@
 //!
 //! A check only touches memory: it allows when the last count Redis told this instance for the
 //! key's current window, plus the requests this instance allowed since, is under the limit.
-//! Every sync interval, one transaction adds this instance's requests (`INCRBY` on
+//! Within 25 ms of a request (1 ms once the key's count reaches a quarter of its limit), and at
+//! least every sync interval, one transaction adds this instance's requests (`INCRBY` on
 //! `{prefix}:rpm:{key}:{minute index}`, whose reply is the count of all instances) and reads
 //! the count of every other key in use. While Redis is unreachable, each instance counts only
 //! its own requests.
@@ -22,8 +23,8 @@ use crate::state::{Clock, Period, system_clock};
 /// How long a window's key outlives the window (other instances' clocks may lag a little).
 const EXPIRE_AFTER_END: Duration = Duration::from_secs(120);
 
-/// A key's count is urgent (exchanged 1 ms apart, not 10) from a quarter of its limit on: a
-/// count that can wait 10 ms must leave room for what the other instances admit meanwhile.
+/// A key's count is urgent (exchanged 1 ms apart, not 25) from a quarter of its limit on: a
+/// count that can wait 25 ms must leave room for what the other instances admit meanwhile.
 const URGENT_SHARE: u64 = 4;
 
 /// Requests per key and minute, counted across instances.
@@ -150,7 +151,7 @@ impl Counter for Limits {
     type Batch = Batch;
     const WHAT: &'static str = "count requests";
     /// Far from its limit a count can wait: no instance's decision depends on it yet.
-    const GAP: Duration = Duration::from_millis(10);
+    const GAP: Duration = Duration::from_millis(25);
     /// Near it, requests are admitted on these counts one at a time: back-to-back requests
     /// spread over instances are counted exactly only if each count goes out at once.
     const URGENT_GAP: Duration = Duration::from_millis(1);

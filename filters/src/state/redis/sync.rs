@@ -1,6 +1,7 @@
 //! The background loop that exchanges counters with Redis: one transaction that adds what this
-//! instance counted and reads the totals back, as soon as something was counted (one exchange
-//! in flight at a time, so a busy instance batches) and at least every sync interval.
+//! instance counted and reads the totals back, once something was counted and the counter's gap
+//! since the last exchange has passed (one exchange in flight at a time, so a busy instance
+//! batches), and at least every sync interval.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
