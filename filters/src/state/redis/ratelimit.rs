@@ -152,9 +152,6 @@ impl Counter for Limits {
     const WHAT: &'static str = "count requests";
     /// Far from its limit a count can wait: no instance's decision depends on it yet.
     const GAP: Duration = Duration::from_millis(25);
-    /// Near it, requests are admitted on these counts one at a time: back-to-back requests
-    /// spread over instances are counted exactly only if each count goes out at once.
-    const URGENT_GAP: Duration = Duration::from_millis(1);
 
     fn urgent(&self) -> Option<&Notify> {
         Some(&self.urgent)

@@ -164,7 +164,6 @@ impl Counter for Spending {
     /// instance an exchange per answer (on a 2-core VM each cost this instance about 140 µs of
     /// CPU, mostly in waking the exchange's thread).
     const GAP: Duration = Duration::from_millis(25);
-    const URGENT_GAP: Duration = Self::GAP;
 
     fn urgent(&self) -> Option<&Notify> {
         None

@@ -11,6 +11,11 @@ use tokio::sync::Notify;
 
 use super::shared::{RedisShared, resend_safe};
 
+/// The gap once a count is urgent (see [`Counter::urgent`]): near a limit, requests are
+/// admitted on these counts one at a time, and back-to-back requests spread over instances are
+/// counted exactly only if each count goes out at once.
+const URGENT_GAP: Duration = Duration::from_millis(1);
+
 /// Counters kept in memory and shared through Redis.
 pub(super) trait Counter: Send + Sync + 'static {
     /// What is pending at one exchange, to settle when its reply comes.
@@ -21,8 +26,6 @@ pub(super) trait Counter: Send + Sync + 'static {
     /// interval): counts made within it go together in one exchange. The longer it is, the
     /// fewer round trips a busy instance makes, and the later the others see its counts.
     const GAP: Duration;
-    /// The gap once a count is urgent (see [`Counter::urgent`]).
-    const URGENT_GAP: Duration;
 
     /// Takes what is pending and the totals to read, with the commands that do it (each
     /// command whose reply matters not ignored); `None` when there is nothing to exchange.
@@ -33,11 +36,11 @@ pub(super) trait Counter: Send + Sync + 'static {
     /// While Redis is unreachable: drops pending counts that can no longer matter, so memory
     /// stays bounded however long the outage.
     fn prune(&self);
-    /// Notified when something is counted: it is sent at once rather than at the next tick
-    /// (counts made while an exchange is in flight go together in the next one).
+    /// Notified when something is counted: it is sent once the gap has passed rather than at
+    /// the next tick (counts made meanwhile go together in the next exchange).
     fn counted(&self) -> &Notify;
     /// Notified when a count comes close to its limit, where the other instances' counts
-    /// decide: from then on exchanges are `URGENT_GAP` apart. `None`: no count is urgent.
+    /// decide: from then on exchanges are [`URGENT_GAP`] apart. `None`: no count is urgent.
     fn urgent(&self) -> Option<&Notify>;
 }
 
@@ -57,7 +60,7 @@ pub(super) fn spawn<C: Counter>(shared: Arc<RedisShared>, counter: Weak<C>) {
         // `GAP` at most (`URGENT_GAP` near a limit), not one per request (that cost the
         // request threads CPU, and Redis a round trip per request and instance).
         let gap = C::GAP.min(shared.sync_interval());
-        let urgent_gap = C::URGENT_GAP.min(gap);
+        let urgent_gap = URGENT_GAP.min(gap);
         let mut last = tokio::time::Instant::now();
         loop {
             let Some(counter) = counter.upgrade() else {
