@@ -664,9 +664,11 @@ def quotient(x: float | None, y: float | None) -> float | None:
 
 
 def median_ratio(ratios: list[float | None]) -> float | None:
-    """The median of rounds' ratios. A round whose denominator added nothing measurable has no
-    ratio; it counts as 0, a ratio no target fails, as the numerator added little too."""
-    known = [x if x is not None else 0.0 for x in ratios]
+    """The median of the rounds that have a ratio; `None` when none has. A round whose
+    denominator added nothing measurable has none, and says nothing either way: it may be a
+    round where the direct path itself was slowed (both proxies' "added" latency negative) as
+    well as one where the floor was free, so it is left out rather than counted as a pass."""
+    known = [x for x in ratios if x is not None]
     return statistics.median(known) if known else None
 
 

@@ -257,7 +257,7 @@ def added(m: Measurement, direct: Measurement | None, kind: str, quantile: str) 
 
 def verdict(ratio: float | None) -> str:
     if ratio is None:
-        return "n/a (the floor adds nothing measurable)"
+        return "n/a (in no round did the floor add a measurable latency)"
     return "met" if ratio <= TARGET_RATIO else "**missed**"
 
 
