@@ -13,10 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::redis::Pipeline;
-use tokio::sync::Notify;
 
 use super::shared::{RedisShared, lock};
-use super::sync::{self, Counter, Outcome, count, to_redis};
+use super::sync::{Counter, Outcome, count, to_redis};
 use crate::ratelimit::RateLimiter;
 use crate::state::{Clock, Period, system_clock};
 
@@ -36,10 +35,6 @@ struct Limits {
     shared: Arc<RedisShared>,
     clock: Clock,
     windows: Mutex<Windows>,
-    /// Wakes the exchange when something is counted.
-    counted: Notify,
-    /// Shortens the exchange's gap when a key's count reaches [`URGENT_SHARE`] of its limit.
-    urgent: Notify,
 }
 
 /// The current window of each key checked in it: one entry per key in use, no more.
@@ -74,10 +69,8 @@ impl RedisRateLimiter {
             shared: shared.clone(),
             clock,
             windows: Mutex::new(Windows::default()),
-            counted: Notify::new(),
-            urgent: Notify::new(),
         });
-        sync::spawn(shared, Arc::downgrade(&inner));
+        shared.exchange().register(&inner);
         RedisRateLimiter { inner }
     }
 
@@ -116,10 +109,12 @@ impl RateLimiter for RedisRateLimiter {
         window.pending += 1;
         let urgent = window.count.saturating_mul(URGENT_SHARE) >= u64::from(requests_per_minute);
         drop(windows);
+        let exchange = self.inner.shared.exchange();
         if urgent {
-            self.inner.urgent.notify_one();
+            exchange.urgent();
+        } else {
+            exchange.counted();
         }
-        self.inner.counted.notify_one();
         Ok(())
     }
 }
@@ -144,20 +139,10 @@ fn until_end_of(index: i64, now: SystemTime) -> Duration {
 }
 
 impl Counter for Limits {
-    fn counted(&self) -> &Notify {
-        &self.counted
-    }
-
     type Batch = Batch;
     const WHAT: &'static str = "count requests";
-    /// Far from its limit a count can wait: no instance's decision depends on it yet.
-    const GAP: Duration = Duration::from_millis(25);
 
-    fn urgent(&self) -> Option<&Notify> {
-        Some(&self.urgent)
-    }
-
-    fn take(&self) -> Option<(Batch, Pipeline)> {
+    fn take(&self, pipe: &mut Pipeline) -> Option<(Batch, usize)> {
         let now = (self.clock)();
         let minute = Period::Minute.index(now);
         let mut windows = lock(&self.windows);
@@ -178,8 +163,6 @@ impl Counter for Limits {
             return None;
         }
         let prefix = self.shared.prefix();
-        let mut pipe = ::redis::pipe();
-        pipe.atomic();
         for (key, index, sent) in &batch {
             let name = format!("{prefix}:rpm:{key}:{index}");
             if *sent > 0 {
@@ -190,7 +173,8 @@ impl Counter for Limits {
                 pipe.get(&name);
             }
         }
-        Some((Batch(batch), pipe))
+        let replies = batch.len();
+        Some((Batch(batch), replies))
     }
 
     fn settle(&self, batch: Batch, outcome: Outcome) {

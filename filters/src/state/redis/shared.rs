@@ -12,6 +12,8 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use super::sync::{self, Exchange};
+
 /// How long connecting, and then any reply, may take before Redis counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -46,6 +48,8 @@ pub struct RedisShared {
     /// Whether Redis answers; components wait on it to resume.
     up: watch::Sender<bool>,
     health: Mutex<Health>,
+    /// The counters shared through Redis, exchanged together.
+    exchange: Exchange,
 }
 
 struct Health {
@@ -89,8 +93,10 @@ impl RedisShared {
                 link: Link::Connecting,
                 refused: None,
             }),
+            exchange: Exchange::default(),
         });
         shared.runtime.spawn(watch_health(Arc::downgrade(&shared)));
+        sync::spawn(&shared);
         Ok(shared)
     }
 
@@ -123,6 +129,11 @@ impl RedisShared {
 
     pub(super) fn runtime(&self) -> &Handle {
         &self.runtime
+    }
+
+    /// Where counters register to be shared, and tell that they counted.
+    pub(super) fn exchange(&self) -> &Exchange {
+        &self.exchange
     }
 
     pub(super) fn sync_interval(&self) -> Duration {

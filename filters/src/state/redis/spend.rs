@@ -12,10 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use ::redis::{Pipeline, Value};
-use tokio::sync::Notify;
 
 use super::shared::{RedisShared, lock};
-use super::sync::{self, Counter, Outcome, count, to_redis};
+use super::sync::{Counter, Outcome, count, to_redis};
 use crate::state::counts::Counts;
 use crate::state::{Clock, Period, Spend, SpendStore, system_clock};
 
@@ -42,8 +41,6 @@ struct Spending {
     /// The last totals from Redis plus this instance's deltas not yet acknowledged.
     counts: Counts,
     book: Mutex<Book>,
-    /// Wakes the exchange when something is counted.
-    counted: Notify,
 }
 
 #[derive(Default)]
@@ -80,9 +77,8 @@ impl RedisSpend {
             clock,
             counts: Counts::default(),
             book: Mutex::new(Book::default()),
-            counted: Notify::new(),
         });
-        sync::spawn(shared, Arc::downgrade(&inner));
+        shared.exchange().register(&inner);
         RedisSpend { inner }
     }
 }
@@ -111,7 +107,7 @@ impl SpendStore for RedisSpend {
             );
         }
         drop(book);
-        self.inner.counted.notify_one();
+        self.inner.shared.exchange().counted();
     }
 
     fn trouble(&self) -> Option<String> {
@@ -153,23 +149,10 @@ impl Book {
 }
 
 impl Counter for Spending {
-    fn counted(&self) -> &Notify {
-        &self.counted
-    }
-
     type Batch = Batch;
     const WHAT: &'static str = "add spend";
-    /// Spend is known only when an answer ends, so a budget is already passed by the requests
-    /// in flight when it is reached; 25 ms adds little to that, and spares Redis and this
-    /// instance an exchange per answer (on a 2-core VM each cost this instance about 140 µs of
-    /// CPU, mostly in waking the exchange's thread).
-    const GAP: Duration = Duration::from_millis(25);
 
-    fn urgent(&self) -> Option<&Notify> {
-        None
-    }
-
-    fn take(&self) -> Option<(Batch, Pipeline)> {
+    fn take(&self, pipe: &mut Pipeline) -> Option<(Batch, usize)> {
         let now = (self.clock)();
         let current = Period::ALL.map(|period| period.index(now));
         let mut book = lock(&self.book);
@@ -193,8 +176,6 @@ impl Counter for Spending {
         }
         let slots: Vec<(Slot, Spend)> = slots.into_iter().collect();
         let prefix = self.shared.prefix();
-        let mut pipe = ::redis::pipe();
-        pipe.atomic();
         for (slot, delta) in &slots {
             let name = format!(
                 "{prefix}:spend:{}:{}:{}",
@@ -215,7 +196,8 @@ impl Counter for Spending {
             }
             pipe.cmd("HMGET").arg(&name).arg(&FIELDS[..]);
         }
-        Some((Batch(slots), pipe))
+        let replies = slots.len();
+        Some((Batch(slots), replies))
     }
 
     fn settle(&self, batch: Batch, outcome: Outcome) {
